@@ -1,0 +1,78 @@
+/*
+** buffer.c: the chunked transfer buffer (see buffer.h).
+*/
+#include <stdlib.h>
+
+#include "isolate.h"
+#include "buffer.h"
+
+
+/*
+** Slow path of buffer_reserve: start a new chunk.  Chunks double from
+** ISOLATE_CHUNK_MIN up to ISOLATE_CHUNK_MAX, so a result of n bytes takes
+** O(log n) mallocs and no copies; a reservation larger than that gets a
+** chunk of its own size (a long string is then one block, read in place).
+*/
+unsigned char *buffer_grow (Buffer *b, size_t n) {
+  size_t size = (b->tail == NULL) ? ISOLATE_CHUNK_MIN : b->tail->size * 2;
+  Chunk *c;
+  if (size > ISOLATE_CHUNK_MAX) size = ISOLATE_CHUNK_MAX;
+  if (size < n) size = n;
+  c = (Chunk *)malloc(sizeof(Chunk) + size);
+  if (c == NULL) return NULL;
+  c->next = NULL;
+  c->size = size;
+  c->used = n;
+  if (b->tail == NULL) b->head = c;
+  else b->tail->next = c;
+  b->tail = c;
+  b->total += n;
+  return c->data;
+}
+
+
+void buffer_free (Buffer *b) {
+  Chunk *c = b->head;
+  while (c != NULL) {
+    Chunk *next = c->next;
+    free(c);
+    c = next;
+  }
+  b->head = b->tail = NULL;
+  b->total = 0;
+}
+
+
+void reader_init (Reader *r, const Buffer *b) {
+  r->next = (b->head != NULL) ? b->head->next : NULL;
+  r->p = (b->head != NULL) ? b->head->data : NULL;
+  r->end = (b->head != NULL) ? b->head->data + b->head->used : NULL;
+  r->left = b->total;
+  r->pos = 0;
+}
+
+
+void reader_initflat (Reader *r, const void *p, size_t n) {
+  r->next = NULL;
+  r->p = (const unsigned char *)p;
+  r->end = r->p + n;
+  r->left = n;
+  r->pos = 0;
+}
+
+
+/*
+** Slow path of reader_take: the current block is used up, so the item
+** starts at the next non-empty chunk.  A block with some bytes left but
+** fewer than 'n' means the item was cut: malformed input.
+*/
+const unsigned char *reader_next (Reader *r, size_t n) {
+  if (r->p != r->end) return NULL;
+  while (r->next != NULL && r->next->used == 0)
+    r->next = r->next->next;
+  if (r->next == NULL || r->next->used < n) return NULL;
+  r->p = r->next->data;
+  r->end = r->p + r->next->used;
+  r->next = r->next->next;
+  return reader_take(r, n);
+}

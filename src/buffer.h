@@ -1,0 +1,70 @@
+/*
+** buffer.h: a chunked byte buffer that no lua_State owns.
+**
+** An encoder appends to it on one thread; its ownership then passes, with
+** the Job that holds it, to another thread, which reads it and frees it.
+** Chunks never move once written, so a reservation can be patched later,
+** and growing never copies what is already there.  Every reservation is
+** contiguous: a reader that asks for the same sizes in the same order
+** never sees an item cut in two.
+*/
+#ifndef buffer_h
+#define buffer_h
+
+#include <stddef.h>
+
+typedef struct Chunk {
+  struct Chunk *next;
+  size_t size;			/* bytes allocated in data */
+  size_t used;			/* bytes written */
+  unsigned char data[];
+} Chunk;
+
+typedef struct Buffer {
+  Chunk *head, *tail;
+  size_t total;			/* bytes written in all chunks */
+} Buffer;
+
+#define BUFFER_INIT	{NULL, NULL, 0}
+
+unsigned char *buffer_grow (Buffer *b, size_t n);
+void buffer_free (Buffer *b);
+
+/* 'n' contiguous bytes at the end of 'b', or NULL when memory runs out */
+static inline unsigned char *buffer_reserve (Buffer *b, size_t n) {
+  Chunk *c = b->tail;
+  if (c != NULL && c->size - c->used >= n) {
+    unsigned char *p = c->data + c->used;
+    c->used += n;
+    b->total += n;
+    return p;
+  }
+  return buffer_grow(b, n);
+}
+
+
+/* A cursor over a buffer's chunks, or over one flat block of bytes. */
+typedef struct Reader {
+  const Chunk *next;		/* chunk after the current one */
+  const unsigned char *p, *end;	/* unread part of the current block */
+  size_t left;			/* bytes unread in all */
+  size_t pos;			/* bytes read so far (for error messages) */
+} Reader;
+
+void reader_init (Reader *r, const Buffer *b);
+void reader_initflat (Reader *r, const void *p, size_t n);
+const unsigned char *reader_next (Reader *r, size_t n);
+
+/* 'n' contiguous bytes, or NULL when the input ends or cuts an item */
+static inline const unsigned char *reader_take (Reader *r, size_t n) {
+  if ((size_t)(r->end - r->p) >= n) {
+    const unsigned char *p = r->p;
+    r->p += n;
+    r->left -= n;
+    r->pos += n;
+    return p;
+  }
+  return reader_next(r, n);
+}
+
+#endif

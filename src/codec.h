@@ -1,0 +1,36 @@
+/*
+** codec.h: Lua values to bytes and back.
+**
+** Format: a magic "\x1bISO", a version byte, a varint count, then each value
+** as one tag byte with an inline payload where it fits (see codec.c).
+** Integers are little-endian at their narrowest width; floats are their
+** IEEE-754 bits.  Tables and functions carry ids in the order they are
+** first met, so shared references and cycles are kept.
+*/
+#ifndef codec_h
+#define codec_h
+
+#include "lua.h"
+#include "buffer.h"
+
+/* what the encoded values are, for the paths in error messages */
+typedef enum Role {
+  ROLE_CALL,		/* a function and its arguments: "argument #2 > ..." */
+  ROLE_RESULT,		/* results: "result #1 > ..." */
+  ROLE_VALUE		/* isolate.encode's values: "value #1 > ..." */
+} Role;
+
+/* decoding flags */
+#define CODEC_FUNCTIONS	1	/* accept bytecode and C functions by name */
+
+void codec_encode (lua_State *L, Buffer *b, int first, int n, Role role);
+int codec_decode (lua_State *L, Reader *r, int flags);
+
+/* a failure record (kind, message, no traceback, no value) without Lua */
+int codec_failure (Buffer *b, const char *kind, const char *message);
+
+/* a raw string, outside any message (the job's package paths) */
+int codec_putstring (Buffer *b, const char *s, size_t len);
+const char *codec_getstring (Reader *r, size_t *len);
+
+#endif

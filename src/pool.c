@@ -1,0 +1,185 @@
+/*
+** pool.c: the worker threads, their queue, and waiting for a job.
+**
+** The default pool is the one process-wide object of the core: every
+** lua_State that requires the module, in any thread, shares it.  It is
+** made on first use (pthread_once), its threads are started then and run
+** until the process ends, and it is guarded by its mutex.
+**
+** A worker that waits for a job still in the queue takes that job and runs
+** it itself.  So a task that spawns and awaits tasks of its own never waits
+** for a slot held by itself or by a task waiting on it: nested isolates do
+** not deadlock, whatever the pool size.
+*/
+#define _GNU_SOURCE		/* pthread_setname_np */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "isolate.h"
+#include "pool.h"
+#include "state.h"
+
+
+struct Pool {
+  pthread_mutex_t mu;
+  pthread_cond_t work;		/* signalled when a job is queued */
+  Job *head, *tail;		/* the queue, FIFO */
+  int size;			/* worker threads */
+  unsigned long nextid;
+  const char *name;
+};
+
+static Pool default_pool;
+static pthread_once_t default_once = PTHREAD_ONCE_INIT;
+
+/* the pool whose worker this thread is, or NULL */
+static _Thread_local Pool *worker_of;
+
+
+int pool_cpus (void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n < 1 ? 1 : (int)n;
+}
+
+
+Job *job_new (void) {
+  Job *j = (Job *)calloc(1, sizeof(Job));
+  if (j == NULL) return NULL;
+  if (pthread_cond_init(&j->ended, NULL) != 0) {
+    free(j);
+    return NULL;
+  }
+  j->refs = 1;
+  j->status = JOB_NEW;
+  return j;
+}
+
+
+static void job_unref (Job *j) {	/* pool mutex held */
+  if (--j->refs == 0) {
+    buffer_free(&j->in);
+    buffer_free(&j->out);
+    pthread_cond_destroy(&j->ended);
+    free(j);
+  }
+}
+
+
+void job_release (Pool *p, Job *j) {
+  pthread_mutex_lock(&p->mu);
+  job_unref(j);
+  pthread_mutex_unlock(&p->mu);
+}
+
+
+/* run a job taken from the queue, then publish its end; mutex not held */
+static void execute (Pool *p, Job *j) {
+  int ok = state_run(&j->in, &j->out);
+  pthread_mutex_lock(&p->mu);
+  j->status = ok ? JOB_DONE : JOB_FAILED;
+  pthread_cond_broadcast(&j->ended);
+  job_unref(j);
+  pthread_mutex_unlock(&p->mu);
+}
+
+
+static void *worker (void *arg) {
+  Pool *p = (Pool *)arg;
+  worker_of = p;
+  for (;;) {
+    Job *j;
+    pthread_mutex_lock(&p->mu);
+    while (p->head == NULL)
+      pthread_cond_wait(&p->work, &p->mu);
+    j = p->head;
+    p->head = j->next;
+    if (p->head == NULL) p->tail = NULL;
+    j->status = JOB_RUNNING;
+    pthread_mutex_unlock(&p->mu);
+    execute(p, j);
+  }
+  return NULL;
+}
+
+
+static void start_default (void) {
+  Pool *p = &default_pool;
+  pthread_attr_t attr;
+  int i;
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->work, NULL);
+  p->name = "isolate";
+  p->size = pool_cpus();
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  for (i = 0; i < p->size; i++) {
+    pthread_t t;
+    char name[16];
+    if (pthread_create(&t, &attr, worker, p) != 0) break;
+    snprintf(name, sizeof(name), "%s/%d", p->name, i);
+    pthread_setname_np(t, name);
+  }
+  p->size = i;
+  pthread_attr_destroy(&attr);
+}
+
+
+/* the default pool, or NULL if no worker thread could be started */
+Pool *pool_default (void) {
+  pthread_once(&default_once, start_default);
+  return default_pool.size > 0 ? &default_pool : NULL;
+}
+
+
+void pool_submit (Pool *p, Job *j) {
+  pthread_mutex_lock(&p->mu);
+  j->refs++;
+  j->id = ++p->nextid;
+  j->status = JOB_QUEUED;
+  j->next = NULL;
+  if (p->tail == NULL) p->head = j;
+  else p->tail->next = j;
+  p->tail = j;
+  pthread_cond_signal(&p->work);
+  pthread_mutex_unlock(&p->mu);
+}
+
+
+/* take 'j' out of the queue if it is still there; mutex held */
+static int unqueue (Pool *p, Job *j) {
+  Job **link = &p->head, *prev = NULL;
+  while (*link != NULL && *link != j) {
+    prev = *link;
+    link = &(*link)->next;
+  }
+  if (*link == NULL) return 0;
+  *link = j->next;
+  if (p->tail == j) p->tail = prev;
+  j->status = JOB_RUNNING;
+  return 1;
+}
+
+
+void pool_await (Pool *p, Job *j) {
+  pthread_mutex_lock(&p->mu);
+  if (worker_of == p && j->status == JOB_QUEUED && unqueue(p, j)) {
+    pthread_mutex_unlock(&p->mu);
+    execute(p, j);		/* drops the queue's reference; ours remains */
+    pthread_mutex_lock(&p->mu);
+  }
+  while (j->status != JOB_DONE && j->status != JOB_FAILED)
+    pthread_cond_wait(&j->ended, &p->mu);
+  pthread_mutex_unlock(&p->mu);
+}
+
+
+JobStatus pool_status (Pool *p, Job *j) {
+  JobStatus s;
+  pthread_mutex_lock(&p->mu);
+  s = j->status;
+  pthread_mutex_unlock(&p->mu);
+  return s;
+}

@@ -1,0 +1,219 @@
+/*
+** state.c: a fresh lua_State for one isolate; running a job in it.
+**
+** Everything that can raise runs inside one lua_pcall, opening the
+** libraries included, so an isolate's failure (memory too) becomes a
+** failure record for its caller and never a panic of the process.
+**
+** Ending an isolate early (os.exit, isolate.exit) raises an error to unwind
+** its stack, closing to-be-closed variables on the way.  Lua code could
+** catch that error with pcall, so a count hook is set as well: it raises
+** again at every instruction until the stack has unwound.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+#include "lualib.h"
+
+#include "isolate.h"
+#include "codec.h"
+#include "state.h"
+
+
+typedef enum Exit { EXIT_NONE, EXIT_PLAIN, EXIT_RESULTS } Exit;
+
+typedef struct Isolate {
+  lua_State *L;			/* the isolate's main thread */
+  Buffer *in, *out;
+  Exit exiting;
+} Isolate;
+
+static const char isolate_key = 0;	/* registry: light userdata Isolate* */
+#define TRACEBACK_KEY	"isolate.traceback"
+
+
+static Isolate *current (lua_State *L) {
+  Isolate *iso;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &isolate_key);
+  iso = (Isolate *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return iso;
+}
+
+
+int state_ismain (lua_State *L) {
+  return current(L) == NULL;
+}
+
+
+static void *allocf (void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud; (void)osize;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  return realloc(ptr, nsize);
+}
+
+
+static void exit_hook (lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_pushliteral(L, "isolate: exiting");
+  lua_error(L);
+}
+
+
+static int unwind (lua_State *L, Isolate *iso, Exit how) {
+  if (iso->exiting == EXIT_NONE) iso->exiting = how;
+  lua_sethook(iso->L, exit_hook, LUA_MASKCOUNT, 1);
+  if (L != iso->L) lua_sethook(L, exit_hook, LUA_MASKCOUNT, 1);
+  lua_pushliteral(L, "isolate: exiting");
+  return lua_error(L);
+}
+
+
+int state_exit (lua_State *L, int n) {
+  Isolate *iso = current(L);
+  if (iso == NULL)
+    return luaL_error(L, "isolate.exit called outside an isolate");
+  if (iso->exiting == EXIT_NONE) {
+    buffer_free(iso->out);
+    codec_encode(L, iso->out, lua_gettop(L) - n + 1, n, ROLE_RESULT);
+  }
+  return unwind(L, iso, EXIT_RESULTS);
+}
+
+
+/* os.exit inside an isolate: end the isolate, not the process */
+static int os_exit (lua_State *L) {
+  return unwind(L, current(L), EXIT_PLAIN);
+}
+
+
+/* message handler: keep the remote traceback, pass the error value on */
+static int msgh (lua_State *L) {
+  luaL_traceback(L, L, NULL, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
+  return 1;
+}
+
+
+/* set package[field] from the next raw string of the job's input */
+static void setpath (lua_State *L, Reader *r, const char *field) {
+  size_t len;
+  const char *s = codec_getstring(r, &len);
+  if (s == NULL) luaL_error(L, "isolate: corrupt job input");
+  lua_pushlstring(L, s, len);
+  lua_setfield(L, -2, field);
+}
+
+
+/*
+** The isolate's life: open the libraries, decode the function and its
+** arguments, call it, encode all its results straight from the stack.
+*/
+static int body (lua_State *L) {
+  Isolate *iso = (Isolate *)lua_touserdata(L, 1);
+  Reader r;
+  int n, base;
+  luaL_openlibs(L);
+  lua_pushlightuserdata(L, iso);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &isolate_key);
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, os_exit);
+  lua_setfield(L, -2, "exit");
+  lua_getglobal(L, "package");
+  reader_init(&r, iso->in);
+  setpath(L, &r, "path");
+  setpath(L, &r, "cpath");
+  lua_settop(L, 1);
+  base = 2;
+  n = codec_decode(L, &r, CODEC_FUNCTIONS);
+  buffer_free(iso->in);
+  lua_call(L, n - 1, LUA_MULTRET);
+  if (iso->exiting == EXIT_NONE)
+    codec_encode(L, iso->out, base, lua_gettop(L) - base + 1, ROLE_RESULT);
+  return 0;
+}
+
+
+/*
+** Encode a failure record: kind, message, traceback, value.  Arguments:
+** the Isolate, the kind, the error value, and whether to send the value
+** (it may be something that cannot travel: the second try goes without).
+*/
+static int record (lua_State *L) {
+  Isolate *iso = (Isolate *)lua_touserdata(L, 1);
+  int t;
+  lua_settop(L, 4);
+  lua_pushvalue(L, 2);
+  if (iso->exiting != EXIT_NONE)
+    lua_pushliteral(L, "Computation ended without result");
+  else if ((t = lua_type(L, 3)) == LUA_TSTRING || t == LUA_TNUMBER) {
+    lua_pushvalue(L, 3);
+    lua_tostring(L, -1);
+  }
+  else if (luaL_getmetafield(L, 3, "__tostring") != LUA_TNIL) {
+    lua_pop(L, 1);
+    luaL_tolstring(L, 3, NULL);
+  }
+  else
+    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 3));
+  lua_getfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
+  if (lua_toboolean(L, 4) && iso->exiting == EXIT_NONE) lua_pushvalue(L, 3);
+  else lua_pushnil(L);
+  buffer_free(iso->out);
+  codec_encode(L, iso->out, 5, 4, ROLE_RESULT);
+  return 0;
+}
+
+
+/* the error value is on top of the stack */
+static void failure (lua_State *L, Isolate *iso, int status) {
+  const char *kind = iso->exiting != EXIT_NONE ? "exit"
+                   : status == LUA_ERRMEM ? "memory" : "error";
+  int value = lua_gettop(L), withvalue;
+  for (withvalue = 1; withvalue >= 0; withvalue--) {
+    lua_pushcfunction(L, record);
+    lua_pushlightuserdata(L, iso);
+    lua_pushstring(L, kind);
+    lua_pushvalue(L, value);
+    lua_pushboolean(L, withvalue);
+    if (lua_pcall(L, 4, 0, 0) == LUA_OK) return;
+    lua_settop(L, value);
+  }
+  buffer_free(iso->out);
+  codec_failure(iso->out, kind, status == LUA_ERRMEM ? "not enough memory"
+                                : "error while reporting an error");
+}
+
+
+int state_run (Buffer *in, Buffer *out) {
+  Isolate iso;
+  int status, ok;
+  lua_State *L = lua_newstate(allocf, NULL);
+  if (L == NULL) {
+    buffer_free(in);
+    codec_failure(out, "memory", "not enough memory for a new Lua state");
+    return 0;
+  }
+  iso.L = L;
+  iso.in = in;
+  iso.out = out;
+  iso.exiting = EXIT_NONE;
+  lua_pushcfunction(L, msgh);
+  lua_pushcfunction(L, body);
+  lua_pushlightuserdata(L, &iso);
+  status = lua_pcall(L, 1, 0, 1);
+  lua_sethook(L, NULL, 0, 0);
+  ok = (iso.exiting == EXIT_RESULTS || (status == LUA_OK && iso.exiting == EXIT_NONE));
+  if (!ok) {
+    if (status == LUA_OK) lua_pushnil(L);	/* exited, yet returned */
+    failure(L, &iso, status);
+  }
+  lua_close(L);
+  buffer_free(in);		/* if body did not get that far */
+  return ok;
+}

@@ -1,0 +1,24 @@
+/*
+** state.h: the fresh lua_State of one isolate, and what runs in it.
+*/
+#ifndef state_h
+#define state_h
+
+#include "lua.h"
+#include "buffer.h"
+
+/*
+** Run the job whose input is 'in' (package paths, then a message: the
+** function and its arguments) in a new state on this thread; 'in' is
+** freed.  Returns 1 with the results in 'out', or 0 with a failure record
+** there (kind, message, traceback, value).  Never raises.
+*/
+int state_run (Buffer *in, Buffer *out);
+
+/* inside an isolate: end it now with the 'n' values on top as results */
+int state_exit (lua_State *L, int n);
+
+/* is 'L' a caller's state, not an isolate's? */
+int state_ismain (lua_State *L);
+
+#endif
