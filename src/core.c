@@ -23,8 +23,8 @@
 */
 
 /*
-** A Task's user value caches its outcome once collected from the job:
-** a table {n = n, ...} of results, or the RemoteError to raise again.
+** A Task's user values cache its outcome once collected from the job:
+** 1 is a table {n = n, ...} of the results, 2 the RemoteError to raise.
 */
 typedef struct Task {
   Job *job;			/* NULL once closed */
@@ -62,7 +62,7 @@ static void putpath (lua_State *L, Buffer *b, const char *field) {
 static Task *submit (lua_State *L) {
   int n = lua_gettop(L);
   Pool *p = getpool(L);
-  Task *t = (Task *)lua_newuserdatauv(L, sizeof(Task), 1);
+  Task *t = (Task *)lua_newuserdatauv(L, sizeof(Task), 2);
   t->job = NULL;
   t->pool = p;
   luaL_setmetatable(L, ISOLATE_TASK);
@@ -110,7 +110,7 @@ static int collect (lua_State *L, Task *t, int keep) {
     push_remote(L, j);
     if (keep) {
       lua_pushvalue(L, -1);
-      lua_setiuservalue(L, 1, 1);
+      lua_setiuservalue(L, 1, 2);
     }
     buffer_free(&j->out);
     return lua_error(L);
@@ -136,17 +136,15 @@ static int collect (lua_State *L, Task *t, int keep) {
 static int task_await (lua_State *L) {
   Task *t = checktask(L);
   lua_settop(L, 1);
-  switch (lua_getiuservalue(L, 1, 1)) {
-    case LUA_TTABLE: {	/* results collected before */
-      int n = (lua_getfield(L, 2, "n"), (int)lua_tointeger(L, -1)), i;
-      luaL_checkstack(L, n, "isolate: too many results");
-      for (i = 1; i <= n; i++) lua_rawgeti(L, 2, i);
-      return n;
-    }
-    case LUA_TNIL: break;
-    default: return lua_error(L);	/* the RemoteError, again */
+  if (lua_getiuservalue(L, 1, 2) != LUA_TNIL)
+    return lua_error(L);		/* the RemoteError, again */
+  if (lua_getiuservalue(L, 1, 1) == LUA_TTABLE) {	/* results, again */
+    int n = (lua_getfield(L, 3, "n"), (int)lua_tointeger(L, -1)), i;
+    luaL_checkstack(L, n, "isolate: too many results");
+    for (i = 1; i <= n; i++) lua_rawgeti(L, 3, i);
+    return n;
   }
-  lua_pop(L, 1);
+  lua_settop(L, 1);
   if (t->job == NULL) return luaL_error(L, "isolate: task is closed");
   return collect(L, t, 1);
 }

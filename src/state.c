@@ -6,9 +6,10 @@
 ** failure record for its caller and never a panic of the process.
 **
 ** Ending an isolate early (os.exit, isolate.exit) raises an error to unwind
-** its stack, closing to-be-closed variables on the way.  Lua code could
-** catch that error with pcall, so a count hook is set as well: it raises
-** again at every instruction until the stack has unwound.
+** its stack, closing to-be-closed variables on the way.  So that Lua code
+** cannot catch it, the isolate's pcall, xpcall and coroutine.resume pass
+** it on.  (A count hook that raised again at every instruction would also
+** interrupt the __close handlers that must run.)
 */
 #include <stdlib.h>
 #include <string.h>
@@ -58,19 +59,63 @@ static void *allocf (void *ud, void *ptr, size_t osize, size_t nsize) {
 }
 
 
-static void exit_hook (lua_State *L, lua_Debug *ar) {
-  (void)ar;
+static int unwind (lua_State *L, Isolate *iso, Exit how) {
+  if (iso->exiting == EXIT_NONE) iso->exiting = how;
   lua_pushliteral(L, "isolate: exiting");
-  lua_error(L);
+  return lua_error(L);
 }
 
 
-static int unwind (lua_State *L, Isolate *iso, Exit how) {
-  if (iso->exiting == EXIT_NONE) iso->exiting = how;
-  lua_sethook(iso->L, exit_hook, LUA_MASKCOUNT, 1);
-  if (L != iso->L) lua_sethook(L, exit_hook, LUA_MASKCOUNT, 1);
-  lua_pushliteral(L, "isolate: exiting");
-  return lua_error(L);
+static int exiting (lua_State *L) {
+  Isolate *iso = current(L);
+  return iso != NULL && iso->exiting != EXIT_NONE;
+}
+
+
+/*
+** pcall, xpcall and coroutine.resume of an isolate: those of the base
+** library (lbaselib.c), except that they let an exit go on unwinding.
+** Only the error path looks at the isolate, so they cost nothing more.
+*/
+static int finishpcall (lua_State *L, int status, lua_KContext extra) {
+  if (status != LUA_OK && status != LUA_YIELD) {
+    if (exiting(L)) return lua_error(L);
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, -2);
+    return 2;
+  }
+  return lua_gettop(L) - (int)extra;
+}
+
+static int isolate_pcall (lua_State *L) {
+  int status;
+  luaL_checkany(L, 1);
+  lua_pushboolean(L, 1);
+  lua_insert(L, 1);
+  status = lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, 0, finishpcall);
+  return finishpcall(L, status, 0);
+}
+
+static int isolate_xpcall (lua_State *L) {
+  int status, n = lua_gettop(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushboolean(L, 1);
+  lua_pushvalue(L, 1);
+  lua_rotate(L, 3, 2);
+  status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, finishpcall);
+  return finishpcall(L, status, 2);
+}
+
+static int isolate_resume (lua_State *L) {
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  if (!lua_toboolean(L, 1) && exiting(L)) {
+    lua_settop(L, 2);
+    return lua_error(L);
+  }
+  return lua_gettop(L);
 }
 
 
@@ -124,6 +169,14 @@ static int body (lua_State *L) {
   lua_getglobal(L, "os");
   lua_pushcfunction(L, os_exit);
   lua_setfield(L, -2, "exit");
+  lua_pushcfunction(L, isolate_pcall);
+  lua_setglobal(L, "pcall");
+  lua_pushcfunction(L, isolate_xpcall);
+  lua_setglobal(L, "xpcall");
+  lua_getglobal(L, "coroutine");
+  lua_getfield(L, -1, "resume");
+  lua_pushcclosure(L, isolate_resume, 1);
+  lua_setfield(L, -2, "resume");
   lua_getglobal(L, "package");
   reader_init(&r, iso->in);
   setpath(L, &r, "path");
@@ -207,7 +260,6 @@ int state_run (Buffer *in, Buffer *out) {
   lua_pushcfunction(L, body);
   lua_pushlightuserdata(L, &iso);
   status = lua_pcall(L, 1, 0, 1);
-  lua_sethook(L, NULL, 0, 0);
   ok = (iso.exiting == EXIT_RESULTS || (status == LUA_OK && iso.exiting == EXIT_NONE));
   if (!ok) {
     if (status == LUA_OK) lua_pushnil(L);	/* exited, yet returned */
