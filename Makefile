@@ -25,3 +25,10 @@ test: all
 
 clean:
 	rm -rf $(BUILD)
+
+$(BUILD)/benchlib.so: bench/benchlib.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC -shared -o $@ $<
+
+bench: all $(BUILD)/benchlib.so
+	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) bench/run.lua

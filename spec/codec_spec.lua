@@ -59,7 +59,7 @@ describe("isolate.encode and isolate.decode", function()
   end)
 
   it("refuse input nested past the depth limit", function()
-    local s = ("\27ISO\1\1") .. ("\9\1\0\0\0\0"):rep(250) .. "\0"
+    local s = ("\27ISO\1\1") .. ("\9\1\0\0\0\0\0\0\0"):rep(250) .. "\0"
     assert.has_error(function() isolate.decode(s) end)
     local ok, err = pcall(isolate.decode, s)
     assert.matches("nested too deeply", err)

@@ -31,7 +31,7 @@ enum Tag {
   T_INT8, T_INT16, T_INT32, T_INT64,	/* little-endian, two's complement */
   T_FLOAT,		/* 8 bytes: IEEE-754 bits, little-endian */
   T_STRING,		/* varint length, bytes */
-  T_TABLE,		/* varint narr, u32 nhash, narr values, nhash pairs */
+  T_TABLE,		/* u32 narr, u32 nhash, narr values, nhash pairs */
   T_TABLEMT,		/* the same, then the metatable */
   T_REF,		/* varint id of a table or function met before */
   T_FUNCTION,		/* varint size, bytecode, varint nups, upvalues */
@@ -216,7 +216,7 @@ static void step (Encoder *e, int kind, int idx, lua_Integer n,
 #define unstep(e)	((e)->depth--)
 
 
-static unsigned char *reserve (Encoder *e, size_t n) {
+static inline unsigned char *reserve (Encoder *e, size_t n) {
   unsigned char *p = buffer_reserve(e->b, n);
   if (p == NULL) nomem(e);
   return p;
@@ -369,14 +369,21 @@ static int seen_before (Encoder *e, int idx) {
 static void encode (Encoder *e, int idx);
 
 
+/*
+** One traversal: lua_next gives the array part first, in order, so the
+** run of keys 1, 2, 3... that it starts with is sent as the array part;
+** what follows is sent as key/value pairs.  Both counts are patched in
+** after the traversal (chunks do not move).
+*/
 static void encode_table (Encoder *e, int t) {
   lua_State *L = e->L;
-  lua_Integer narr, i;
+  lua_Integer narr = 0;
   uint32_t nhash = 0;
-  unsigned char *counter;
-  int hasmt, top, elem;
+  unsigned char *counts;
+  int hasmt, top;
   const char *name;
   size_t len;
+  Step *s;
   if (lua_rawequal(L, t, e->globals)) {
     put1(e, T_GLOBALS);
     return;
@@ -392,44 +399,39 @@ static void encode_table (Encoder *e, int t) {
   luaL_checkstack(L, 8, "isolate: value nested too deeply");
   hasmt = lua_getmetatable(L, t);
   top = lua_gettop(L);		/* the metatable, if any */
-  narr = (lua_Integer)lua_rawlen(L, t);
-  put_varint(e, hasmt ? T_TABLEMT : T_TABLE, (uint64_t)narr);
-  counter = reserve(e, 4);	/* nhash, known after the traversal */
+  counts = reserve(e, 9);	/* tag, narr, nhash */
+  counts[0] = hasmt ? T_TABLEMT : T_TABLE;
   step(e, S_INDEX, 0, 0, NULL);
-  elem = top + 1;
-  for (i = 1; i <= narr; i++) {
-    e->path[e->depth - 1].n = i;
-    lua_rawgeti(L, t, i);
-    encode(e, elem);
-    lua_pop(L, 1);
-  }
-  unstep(e);
+  s = &e->path[e->depth - 1];
   lua_pushnil(L);
   while (lua_next(L, t)) {	/* key at top + 1, value at top + 2 */
-    Step *s;
-    lua_Integer k = 0;
     int kind = S_KEYOF;
     if (lua_isinteger(L, top + 1)) {
-      k = lua_tointeger(L, top + 1);
-      if (1 <= k && k <= narr) {	/* in the array part: sent already */
+      lua_Integer k = lua_tointeger(L, top + 1);
+      if (nhash == 0 && k == narr + 1 && narr < UINT32_MAX) {
+        s->kind = S_INDEX;
+        s->n = ++narr;
+        encode(e, top + 2);
         lua_pop(L, 1);
         continue;
       }
       kind = S_INDEX;
+      s->n = k;
     }
     else if (lua_type(L, top + 1) == LUA_TSTRING)
       kind = S_FIELD;
-    step(e, S_KEY, top + 1, k, NULL);
+    s->kind = S_KEY;
+    s->idx = top + 1;
     encode(e, top + 1);
-    s = &e->path[e->depth - 1];	/* the same step, now naming the value */
     s->kind = kind;
     if (kind == S_FIELD) s->name = lua_tostring(L, top + 1);
     encode(e, top + 2);
-    unstep(e);
     lua_pop(L, 1);
-    nhash++;
+    if (++nhash == UINT32_MAX) fail(e, "table too large");
   }
-  put_le(counter, nhash, 4);
+  unstep(e);
+  put_le(counts + 1, (uint64_t)narr, 4);
+  put_le(counts + 5, nhash, 4);
   if (hasmt) {
     step(e, S_METATABLE, 0, 0, NULL);
     encode(e, top);
@@ -674,9 +676,9 @@ static const char *decode_name (Decoder *d) {
 
 static void decode_table (Decoder *d, int hasmt) {
   lua_State *L = d->L;
-  uint64_t narr = varint(d), nhash, i;
+  const unsigned char *counts = take(d, 8);
+  uint64_t narr = get_le(counts, 4), nhash = get_le(counts + 4, 4), i;
   int t;
-  nhash = get_le(take(d, 4), 4);
   if (narr > d->r->left || nhash > d->r->left / 2)
     bad(d, "table larger than its input");
   enter(d);

@@ -75,9 +75,9 @@ void job_release (Pool *p, Job *j) {
 }
 
 
-/* run a job taken from the queue, then publish its end; mutex not held */
-static void execute (Pool *p, Job *j) {
-  int ok = state_run(&j->in, &j->out);
+/* run a job taken from the queue in the fresh state 'L', publish its end */
+static void execute (Pool *p, Job *j, lua_State *L) {
+  int ok = state_run(L, &j->in, &j->out);
   pthread_mutex_lock(&p->mu);
   j->status = ok ? JOB_DONE : JOB_FAILED;
   pthread_cond_broadcast(&j->ended);
@@ -86,8 +86,13 @@ static void execute (Pool *p, Job *j) {
 }
 
 
+/*
+** A worker makes the state for its next job as soon as it has published
+** the last one, so that making it is not part of the next round trip.
+*/
 static void *worker (void *arg) {
   Pool *p = (Pool *)arg;
+  lua_State *spare = state_new();
   worker_of = p;
   for (;;) {
     Job *j;
@@ -99,7 +104,8 @@ static void *worker (void *arg) {
     if (p->head == NULL) p->tail = NULL;
     j->status = JOB_RUNNING;
     pthread_mutex_unlock(&p->mu);
-    execute(p, j);
+    execute(p, j, spare != NULL ? spare : state_new());
+    spare = state_new();
   }
   return NULL;
 }
@@ -167,7 +173,7 @@ void pool_await (Pool *p, Job *j) {
   pthread_mutex_lock(&p->mu);
   if (worker_of == p && j->status == JOB_QUEUED && unqueue(p, j)) {
     pthread_mutex_unlock(&p->mu);
-    execute(p, j);		/* drops the queue's reference; ours remains */
+    execute(p, j, state_new());	/* drops the queue's reference; ours remains */
     pthread_mutex_lock(&p->mu);
   }
   while (j->status != JOB_DONE && j->status != JOB_FAILED)

@@ -1,9 +1,11 @@
 /*
 ** state.c: a fresh lua_State for one isolate; running a job in it.
 **
-** Everything that can raise runs inside one lua_pcall, opening the
-** libraries included, so an isolate's failure (memory too) becomes a
-** failure record for its caller and never a panic of the process.
+** Everything that can raise runs inside lua_pcall, opening the libraries
+** included, so an isolate's failure (memory too) becomes a failure record
+** for its caller and never a panic of the process.  A worker makes its
+** next state as soon as it has published a job (state_new), so making it
+** is not part of the next job's round trip; no state runs two jobs.
 **
 ** Ending an isolate early (os.exit, isolate.exit) raises an error to unwind
 ** its stack, closing to-be-closed variables on the way.  So that Lua code
@@ -155,17 +157,9 @@ static void setpath (lua_State *L, Reader *r, const char *field) {
 }
 
 
-/*
-** The isolate's life: open the libraries, decode the function and its
-** arguments, call it, encode all its results straight from the stack.
-*/
-static int body (lua_State *L) {
-  Isolate *iso = (Isolate *)lua_touserdata(L, 1);
-  Reader r;
-  int n, base;
+/* the libraries, and the functions that differ inside an isolate */
+static int prepare (lua_State *L) {
   luaL_openlibs(L);
-  lua_pushlightuserdata(L, iso);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &isolate_key);
   lua_getglobal(L, "os");
   lua_pushcfunction(L, os_exit);
   lua_setfield(L, -2, "exit");
@@ -177,6 +171,32 @@ static int body (lua_State *L) {
   lua_getfield(L, -1, "resume");
   lua_pushcclosure(L, isolate_resume, 1);
   lua_setfield(L, -2, "resume");
+  return 0;
+}
+
+
+lua_State *state_new (void) {
+  lua_State *L = lua_newstate(allocf, NULL);
+  if (L == NULL) return NULL;
+  lua_pushcfunction(L, prepare);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    lua_close(L);
+    return NULL;
+  }
+  return L;
+}
+
+
+/*
+** The isolate's life: decode the function and its arguments, call it,
+** encode all its results straight from the stack.
+*/
+static int body (lua_State *L) {
+  Isolate *iso = (Isolate *)lua_touserdata(L, 1);
+  Reader r;
+  int n, base;
+  lua_pushlightuserdata(L, iso);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &isolate_key);
   lua_getglobal(L, "package");
   reader_init(&r, iso->in);
   setpath(L, &r, "path");
@@ -243,10 +263,9 @@ static void failure (lua_State *L, Isolate *iso, int status) {
 }
 
 
-int state_run (Buffer *in, Buffer *out) {
+int state_run (lua_State *L, Buffer *in, Buffer *out) {
   Isolate iso;
   int status, ok;
-  lua_State *L = lua_newstate(allocf, NULL);
   if (L == NULL) {
     buffer_free(in);
     codec_failure(out, "memory", "not enough memory for a new Lua state");
@@ -265,7 +284,7 @@ int state_run (Buffer *in, Buffer *out) {
     if (status == LUA_OK) lua_pushnil(L);	/* exited, yet returned */
     failure(L, &iso, status);
   }
-  lua_close(L);
+  lua_close(L);			/* before the caller sees the results: __gc done */
   buffer_free(in);		/* if body did not get that far */
   return ok;
 }

@@ -7,13 +7,17 @@
 #include "lua.h"
 #include "buffer.h"
 
+/* a fresh state with the libraries open, or NULL when memory runs out */
+lua_State *state_new (void);
+
 /*
 ** Run the job whose input is 'in' (package paths, then a message: the
-** function and its arguments) in a new state on this thread; 'in' is
-** freed.  Returns 1 with the results in 'out', or 0 with a failure record
-** there (kind, message, traceback, value).  Never raises.
+** function and its arguments) in 'L', a state from state_new (NULL: none
+** could be made), then close it; 'in' is freed.  Returns 1 with the
+** results in 'out', or 0 with a failure record there (kind, message,
+** traceback, value).  Never raises.
 */
-int state_run (Buffer *in, Buffer *out);
+int state_run (lua_State *L, Buffer *in, Buffer *out);
 
 /* inside an isolate: end it now with the 'n' values on top as results */
 int state_exit (lua_State *L, int n);
