@@ -35,8 +35,12 @@ struct Pool {
 static Pool default_pool;
 static pthread_once_t default_once = PTHREAD_ONCE_INIT;
 
-/* the pool whose worker this thread is, or NULL */
-static _Thread_local Pool *worker_of;
+/*
+** The pool whose worker this thread is (NULL elsewhere).  A pthread key,
+** not _Thread_local: the dynamic TLS of a dlopen'ed library is beyond
+** what some tools walk (LeakSanitizer's tracer crashes on it).
+*/
+static pthread_key_t worker_of;
 
 
 int pool_cpus (void) {
@@ -93,7 +97,7 @@ static void execute (Pool *p, Job *j, lua_State *L) {
 static void *worker (void *arg) {
   Pool *p = (Pool *)arg;
   lua_State *spare = state_new();
-  worker_of = p;
+  pthread_setspecific(worker_of, p);
   for (;;) {
     Job *j;
     pthread_mutex_lock(&p->mu);
@@ -115,6 +119,7 @@ static void start_default (void) {
   Pool *p = &default_pool;
   pthread_attr_t attr;
   int i;
+  pthread_key_create(&worker_of, NULL);
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->work, NULL);
   p->name = "isolate";
@@ -171,7 +176,8 @@ static int unqueue (Pool *p, Job *j) {
 
 void pool_await (Pool *p, Job *j) {
   pthread_mutex_lock(&p->mu);
-  if (worker_of == p && j->status == JOB_QUEUED && unqueue(p, j)) {
+  if (pthread_getspecific(worker_of) == p && j->status == JOB_QUEUED &&
+      unqueue(p, j)) {
     pthread_mutex_unlock(&p->mu);
     execute(p, j, state_new());	/* drops the queue's reference; ours remains */
     pthread_mutex_lock(&p->mu);
