@@ -179,6 +179,10 @@ describe("isolate.run", function()
     end
     collectgarbage()
     assert.equal(threads, proc_status("Threads"))
-    assert.is_true(proc_status("VmRSS") - rss < 8 * 1024, "resident memory grew by more than 8 MiB")
+    -- Under ASan or valgrind resident memory measures the tool (its
+    -- quarantine, its allocator); their own leak checks stand in for this.
+    if os.getenv("ISOLATE_SPEC_UNDER_TOOL") == nil then
+      assert.is_true(proc_status("VmRSS") - rss < 4 * 1024, "resident memory grew by more than 4 MiB")
+    end
   end)
 end)
