@@ -164,6 +164,20 @@ describe("isolate.run", function()
     end)
   end)
 
+  it("runs when the caller's package paths are not strings, or package is not loaded", function()
+    local path, package_module = package.path, package.loaded.package
+    package.path = {}
+    local ok1, task = pcall(isolate.spawn, function() return package.path end)
+    package.path = path
+    package.loaded.package = nil
+    local ok2, r = pcall(isolate.run, function() return 2 end)
+    package.loaded.package = package_module
+    assert.is_true(ok1)
+    assert.equal("", task:await())
+    assert.is_true(ok2)
+    assert.equal(2, r)
+  end)
+
   it("runs isolates inside isolates", function()
     assert.equal("inner 2", isolate.run(function()
       return isolate.run(function(n) return "inner " .. n end, 2)

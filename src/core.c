@@ -43,6 +43,7 @@ static Pool *getpool (lua_State *L) {
 
 /* package[field] of the calling state, as a raw string into the job */
 static void putpath (lua_State *L, Buffer *b, const char *field) {
+  int top = lua_gettop(L);
   size_t len = 0;
   const char *s;
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
@@ -50,7 +51,7 @@ static void putpath (lua_State *L, Buffer *b, const char *field) {
   s = lua_istable(L, -1) && lua_getfield(L, -1, field) == LUA_TSTRING
     ? lua_tolstring(L, -1, &len) : "";
   if (!codec_putstring(b, s, len)) luaL_error(L, "isolate: not enough memory");
-  lua_pop(L, lua_istable(L, -1) ? 2 : 3);
+  lua_settop(L, top);
 }
 
 
