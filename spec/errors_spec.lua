@@ -199,6 +199,23 @@ describe("inside an isolate", function()
     assert.equal("isolate: cannot transfer a thread (result #1)", err.message)
   end)
 
+  it("exits called by finalizers while the state closes change nothing", function()
+    local r = table.pack(isolate.run(function()
+      setmetatable({}, {__gc = function()
+        local ok = pcall(error, "caught")   -- pcall still catches here
+        isolate.exit("from __gc", ok)
+      end})
+      return "result"
+    end))
+    assert.same({n = 1, "result"}, r)
+    local err = error_of(isolate.run, function()
+      setmetatable({}, {__gc = function() isolate.exit("from __gc") end})
+      error("failed")
+    end)
+    assert.equal("error", err.kind)
+    assert.matches("failed$", err.message)
+  end)
+
   it("isolate.exit outside an isolate is an error", function()
     assert.has_error(function() isolate.exit(1) end, "isolate.exit called outside an isolate")
   end)

@@ -27,7 +27,7 @@
 ** 1 is a table {n = n, ...} of the results, 2 the RemoteError to raise.
 */
 typedef struct Task {
-  Job *job;			/* NULL once closed */
+  Job *job;			/* NULL once let go (collected, or run's own) */
   Pool *pool;
 } Task;
 
@@ -281,13 +281,13 @@ static int l_decode (lua_State *L) {
 static int remote_tostring (lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "message");
+  luaL_tolstring(L, -1, NULL);
   if (lua_getfield(L, 1, "traceback") == LUA_TSTRING) {
     lua_pushliteral(L, "\nremote ");
     lua_insert(L, -2);
     lua_concat(L, 3);
   }
   else lua_pop(L, 1);
-  luaL_tolstring(L, -1, NULL);
   return 1;
 }
 
@@ -316,7 +316,6 @@ static const luaL_Reg task_methods[] = {
 
 static const luaL_Reg task_meta[] = {
   {"__gc", task_gc},
-  {"__close", task_gc},
   {"__tostring", task_tostring},
   {"__index", NULL},		/* placeholder */
   {NULL, NULL}

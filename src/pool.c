@@ -11,9 +11,9 @@
 ** for a slot held by itself or by a task waiting on it: nested isolates do
 ** not deadlock, whatever the pool size.
 */
-#define _GNU_SOURCE		/* pthread_setname_np */
-#include <errno.h>
+#define _GNU_SOURCE		/* pthread_setname_np, sched_getaffinity */
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -43,8 +43,15 @@ static pthread_once_t default_once = PTHREAD_ONCE_INIT;
 static pthread_key_t worker_of;
 
 
+/* the CPUs this process may run on (taskset, cgroup cpusets), or online */
 int pool_cpus (void) {
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  long n;
+#if defined(CPU_COUNT)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+    return CPU_COUNT(&set);
+#endif
+  n = sysconf(_SC_NPROCESSORS_ONLN);
   return n < 1 ? 1 : (int)n;
 }
 

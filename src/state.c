@@ -25,10 +25,14 @@
 #include "state.h"
 
 
-typedef enum Exit { EXIT_NONE, EXIT_PLAIN, EXIT_RESULTS } Exit;
+typedef enum Exit {
+  EXIT_NONE,
+  EXIT_PLAIN,			/* os.exit: ends without results */
+  EXIT_RESULTS,			/* isolate.exit: its results are in 'out' */
+  EXIT_CLOSING			/* lua_close runs finalizers: 'out' is final */
+} Exit;
 
 typedef struct Isolate {
-  lua_State *L;			/* the isolate's main thread */
   Buffer *in, *out;
   Exit exiting;
 } Isolate;
@@ -70,7 +74,7 @@ static int unwind (lua_State *L, Isolate *iso, Exit how) {
 
 static int exiting (lua_State *L) {
   Isolate *iso = current(L);
-  return iso != NULL && iso->exiting != EXIT_NONE;
+  return iso != NULL && (iso->exiting == EXIT_PLAIN || iso->exiting == EXIT_RESULTS);
 }
 
 
@@ -205,6 +209,7 @@ static int body (lua_State *L) {
   base = 2;
   n = codec_decode(L, &r, CODEC_FUNCTIONS);
   buffer_free(iso->in);
+  if (n < 1 || !lua_isfunction(L, base)) luaL_error(L, "isolate: corrupt job input");
   lua_call(L, n - 1, LUA_MULTRET);
   if (iso->exiting == EXIT_NONE)
     codec_encode(L, iso->out, base, lua_gettop(L) - base + 1, ROLE_RESULT);
@@ -271,7 +276,6 @@ int state_run (lua_State *L, Buffer *in, Buffer *out) {
     codec_failure(out, "memory", "not enough memory for a new Lua state");
     return 0;
   }
-  iso.L = L;
   iso.in = in;
   iso.out = out;
   iso.exiting = EXIT_NONE;
@@ -284,6 +288,7 @@ int state_run (lua_State *L, Buffer *in, Buffer *out) {
     if (status == LUA_OK) lua_pushnil(L);	/* exited, yet returned */
     failure(L, &iso, status);
   }
+  iso.exiting = EXIT_CLOSING;	/* a finalizer's exit must not touch 'out' */
   lua_close(L);			/* before the caller sees the results: __gc done */
   buffer_free(in);		/* if body did not get that far */
   return ok;
