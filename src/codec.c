@@ -174,9 +174,11 @@ static void render_step (lua_State *L, const Step *s) {
 static int fail (Encoder *e, const char *what) {
   lua_State *L = e->L;
   int i = (e->role == ROLE_CALL && e->depth > 1 && e->path[0].n == 1);
-  int n = 0;
+  int n = 1;
   luaL_checkstack(L, 2 * e->depth + 8, "isolate: path too long to report");
-  lua_pushfstring(L, "isolate: %s (", what);
+  lua_pushfstring(L, "isolate: %s", what);
+  if (e->depth == 0) return lua_error(L);
+  lua_pushliteral(L, " (");
   n++;
   for (; i < e->depth; i++) {
     int top = lua_gettop(L);
@@ -682,7 +684,8 @@ static void decode_table (Decoder *d, int hasmt) {
   if (narr > d->r->left || nhash > d->r->left / 2)
     bad(d, "table larger than its input");
   enter(d);
-  lua_createtable(L, narr > INT_MAX ? INT_MAX : (int)narr, (int)nhash);
+  lua_createtable(L, narr > INT_MAX ? INT_MAX : (int)narr,
+                  nhash > INT_MAX ? INT_MAX : (int)nhash);
   t = lua_gettop(L);
   newref(d);
   for (i = 1; i <= narr; i++) {
