@@ -107,7 +107,7 @@ static int collect (lua_State *L, Task *t, int keep) {
   Reader r;
   int n;
   pool_await(t->pool, j);
-  if (pool_status(t->pool, j) == JOB_FAILED) {
+  if (pool_status(j) == JOB_FAILED) {
     push_remote(L, j);
     if (keep) {
       lua_pushvalue(L, -1);
@@ -153,7 +153,7 @@ static int task_await (lua_State *L) {
 
 static const char *task_statusname (Task *t) {
   static const char *const names[] = {"queued", "queued", "running", "done", "failed"};
-  return t->job == NULL ? "closed" : names[pool_status(t->pool, t->job)];
+  return t->job == NULL ? "closed" : names[pool_status(t->job)];
 }
 
 
@@ -165,7 +165,7 @@ static int task_status (lua_State *L) {
 
 static int task_done (lua_State *L) {
   Task *t = checktask(L);
-  JobStatus s = t->job == NULL ? JOB_DONE : pool_status(t->pool, t->job);
+  JobStatus s = t->job == NULL ? JOB_DONE : pool_status(t->job);
   lua_pushboolean(L, s == JOB_DONE || s == JOB_FAILED);
   return 1;
 }

@@ -20,6 +20,15 @@
 #define ISOLATE_CHUNK_MAX	(1u << 20)
 #endif
 
+/*
+** How long a caller about to sleep until its job ends spins first
+** (microseconds).  Waking a sleeping thread costs tens of microseconds on
+** some machines, more than a small isolate's whole run.
+*/
+#if !defined(ISOLATE_SPIN_US)
+#define ISOLATE_SPIN_US		50
+#endif
+
 /* names of the metatables that the core registers */
 #define ISOLATE_TASK		"isolate.Task"
 #define ISOLATE_REMOTEERROR	"isolate.RemoteError"

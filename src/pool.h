@@ -3,15 +3,18 @@
 **
 ** A Job is what one isolate computes.  It is shared by the Task userdata
 ** that asked for it and by the pool while queued or running; each holds a
-** reference, and the last to let go frees it.  Every field below 'refs' is
-** guarded by the pool's mutex, except 'in' (the worker's alone once the job
-** is taken) and 'out' (the worker's until the status is final, then the
-** caller's: transfer on exit).
+** reference, and the last to let go frees it.  Its fields are guarded by
+** the pool's mutex, except 'in' (the worker's alone once the job is taken)
+** and 'out' (the worker's until the status is final, then the caller's:
+** transfer on exit).  'status' is written under the mutex but atomic, so
+** that a waiter can watch it without the lock (a release store of a final
+** status publishes 'out').
 */
 #ifndef pool_h
 #define pool_h
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "buffer.h"
 
@@ -22,7 +25,7 @@ typedef enum JobStatus {
 typedef struct Job {
   struct Job *next;		/* in the queue */
   int refs;
-  JobStatus status;
+  _Atomic int status;		/* a JobStatus */
   unsigned long id;
   pthread_cond_t ended;		/* broadcast when status becomes final */
   Buffer in;			/* package paths, then the function and arguments */
@@ -38,6 +41,6 @@ Job *job_new (void);
 void job_release (Pool *p, Job *j);
 void pool_submit (Pool *p, Job *j);
 void pool_await (Pool *p, Job *j);
-JobStatus pool_status (Pool *p, Job *j);
+JobStatus pool_status (Job *j);
 
 #endif
