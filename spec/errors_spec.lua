@@ -224,4 +224,23 @@ describe("inside an isolate", function()
     assert.is_true(isolate.ismain())
     assert.is_false(isolate.run(function() return isolate.ismain() end))
   end)
+
+  it("isolate.name is nil outside an isolate and in the default pool", function()
+    assert.is_nil(isolate.name())
+    assert.equal(0, select("#", isolate.run(function() end)))
+    local n, name = isolate.run(function() return select("#", isolate.name()), isolate.name() end)
+    assert.equal(1, n)
+    assert.is_nil(name)
+  end)
+
+  it("names its worker threads", function()
+    local names = isolate.run(function()
+      local f = io.open("/proc/thread-self/comm")
+      if not f then return nil end
+      local name = f:read("l")
+      f:close()
+      return name
+    end)
+    if names then assert.matches("^isolate/%d+$", names) end
+  end)
 end)

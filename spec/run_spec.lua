@@ -13,6 +13,11 @@ describe("isolate.run", function()
     assert.same({1, "two", 3.5, true}, {isolate.run(function() return 1, "two", 3.5, true end)})
   end)
 
+  it("runs a C function that a loaded module holds", function()
+    assert.equal(5, isolate.run(math.max, 1, 5, 3))
+    assert.equal("aba", isolate.run(string.rep, "a", 2, "b"))
+  end)
+
   it("passes the extra arguments, encoded like upvalues", function()
     assert.same({5, "ab", {k = "v"}},
       {isolate.run(function(a, b, c, d, t) return a + b, c .. d, t end, 2, 3, "a", "b", {k = "v"})})

@@ -222,6 +222,12 @@ static int l_ismain (lua_State *L) {
 }
 
 
+static int l_name (lua_State *L) {
+  state_pushname(L);
+  return 1;
+}
+
+
 static int l_cpus (lua_State *L) {
   lua_pushinteger(L, pool_cpus());
   return 1;
@@ -326,6 +332,7 @@ static const luaL_Reg funcs[] = {
   {"spawn", l_spawn},
   {"exit", l_exit},
   {"ismain", l_ismain},
+  {"name", l_name},
   {"cpus", l_cpus},
   {"encode", l_encode},
   {"decode", l_decode},

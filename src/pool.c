@@ -32,7 +32,7 @@ struct Pool {
   int sleeping;			/* workers waiting on 'work' */
   int size;			/* worker threads */
   unsigned long nextid;
-  const char *name;
+  const char *name;		/* NULL for the default pool */
 };
 
 static Pool default_pool;
@@ -125,7 +125,7 @@ void job_release (Pool *p, Job *j) {
 
 /* run a job taken from the queue in the fresh state 'L', publish its end */
 static void execute (Pool *p, Job *j, lua_State *L) {
-  int ok = state_run(L, &j->in, &j->out);
+  int ok = state_run(L, &j->in, &j->out, p->name);
   pthread_mutex_lock(&p->mu);
   atomic_store_explicit(&j->status, ok ? JOB_DONE : JOB_FAILED, memory_order_release);
   pthread_cond_broadcast(&j->ended);
@@ -169,15 +169,15 @@ static void start_default (void) {
   pthread_key_create(&worker_of, NULL);
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->work, NULL);
-  p->name = "isolate";
   p->size = pool_cpus();
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   for (i = 0; i < p->size; i++) {
     pthread_t t;
-    char name[16];
+    char name[64];
     if (pthread_create(&t, &attr, worker, p) != 0) break;
-    snprintf(name, sizeof(name), "%s/%d", p->name, i);
+    snprintf(name, sizeof(name), "%s/%d", p->name ? p->name : "isolate", i);
+    name[15] = '\0';		/* the kernel keeps 15 bytes of a thread's name */
     pthread_setname_np(t, name);
   }
   p->size = i;

@@ -34,6 +34,7 @@ typedef enum Exit {
 
 typedef struct Isolate {
   Buffer *in, *out;
+  const char *name;		/* the pool's, or NULL */
   Exit exiting;
 } Isolate;
 
@@ -52,6 +53,13 @@ static Isolate *current (lua_State *L) {
 
 int state_ismain (lua_State *L) {
   return current(L) == NULL;
+}
+
+
+void state_pushname (lua_State *L) {
+  Isolate *iso = current(L);
+  if (iso != NULL && iso->name != NULL) lua_pushstring(L, iso->name);
+  else lua_pushnil(L);
 }
 
 
@@ -268,7 +276,7 @@ static void failure (lua_State *L, Isolate *iso, int status) {
 }
 
 
-int state_run (lua_State *L, Buffer *in, Buffer *out) {
+int state_run (lua_State *L, Buffer *in, Buffer *out, const char *name) {
   Isolate iso;
   int status, ok;
   if (L == NULL) {
@@ -278,6 +286,7 @@ int state_run (lua_State *L, Buffer *in, Buffer *out) {
   }
   iso.in = in;
   iso.out = out;
+  iso.name = name;
   iso.exiting = EXIT_NONE;
   lua_pushcfunction(L, msgh);
   lua_pushcfunction(L, body);

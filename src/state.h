@@ -13,16 +13,20 @@ lua_State *state_new (void);
 /*
 ** Run the job whose input is 'in' (package paths, then a message: the
 ** function and its arguments) in 'L', a state from state_new (NULL: none
-** could be made), then close it; 'in' is freed.  Returns 1 with the
+** could be made), then close it; 'in' is freed.  'name' is the pool's name
+** (NULL: none), for isolate.name().  Returns 1 with the
 ** results in 'out', or 0 with a failure record there (kind, message,
 ** traceback, value).  Never raises.
 */
-int state_run (lua_State *L, Buffer *in, Buffer *out);
+int state_run (lua_State *L, Buffer *in, Buffer *out, const char *name);
 
 /* inside an isolate: end it now with the 'n' values on top as results */
 int state_exit (lua_State *L, int n);
 
 /* is 'L' a caller's state, not an isolate's? */
 int state_ismain (lua_State *L);
+
+/* push the name of the pool running 'L' (nil: none, or not an isolate) */
+void state_pushname (lua_State *L);
 
 #endif

@@ -17,6 +17,7 @@ local isolate = {
   exit = core.exit,
 
   ismain = core.ismain,
+  name = core.name,       -- the pool's name inside an isolate; nil for the default pool
   cpus = core.cpus,
 
   -- The codec on its own: values to a byte string and back.
