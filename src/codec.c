@@ -600,7 +600,7 @@ static int bad (Decoder *d, const char *why) {
                     (LUAI_UACINT)d->r->pos);
 }
 
-static const unsigned char *take (Decoder *d, size_t n) {
+static inline const unsigned char *take (Decoder *d, size_t n) {
   const unsigned char *p = reader_take(d->r, n);
   if (p == NULL) bad(d, "truncated input");
   return p;
@@ -659,7 +659,7 @@ static void newref (Decoder *d) {
 
 static void decode (Decoder *d, int tag);
 
-static void decode_next (Decoder *d) {
+static inline void decode_next (Decoder *d) {
   decode(d, *take(d, 1));
 }
 
