@@ -11,7 +11,7 @@ BUILD = build
 SRC = src/core.c src/codec.c src/buffer.c src/pool.c src/state.c
 HDR = $(wildcard src/*.h)
 
-.PHONY: all test asan tsan valgrind bench demo clean
+.PHONY: all test asan tsan valgrind fuzz bench demo clean
 
 # The sanitizers instrument the C core only; lua5.4 is not rebuilt, so the
 # sanitizer's runtime is preloaded into it.
@@ -63,6 +63,19 @@ tsan: $(BUILD)/tsan/isolate/core.so $(BUILD)/tsan/host
 valgrind: all
 	$(call specs,ISOLATE_SPEC_UNDER_TOOL=1 valgrind -q --error-exitcode=99 --leak-check=full \
 		--show-leak-kinds=definite --errors-for-leak-kinds=definite $(LUA),)
+
+# libFuzzer on the decoder: FUZZ_SECONDS of random inputs, seeded with
+# fuzz/corpus; new inputs that reach new code are kept in $(BUILD)/corpus.
+FUZZ_SECONDS ?= 60
+$(BUILD)/fuzz/decode: fuzz/decode_fuzz.c src/codec.c src/buffer.c $(HDR)
+	@mkdir -p $(dir $@)
+	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+		$(LUA_INC) -Isrc -o $@ fuzz/decode_fuzz.c src/codec.c src/buffer.c $(LUA_LIB)
+
+fuzz: $(BUILD)/fuzz/decode
+	@mkdir -p $(BUILD)/corpus
+	$(BUILD)/fuzz/decode -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=5 \
+		$(BUILD)/corpus fuzz/corpus
 
 clean:
 	rm -rf $(BUILD)

@@ -18,6 +18,7 @@ describe("errors", function()
       assert.equal("spec/errors_spec.lua:" .. line .. ": boom", err.value)
       assert.matches("^stack traceback:", err.traceback)
       assert.matches("spec/errors_spec.lua:" .. line .. ": in function", err.traceback)
+      assert.not_matches("%[C%]: in %?$", err.traceback)   -- the core's own entry is cut
     end)
 
     it("print the message, then the remote traceback", function()

@@ -96,3 +96,60 @@ describe("isolate.spawn", function()
     assert.equal(depth, isolate.run(nest, depth))
   end)
 end)
+
+describe("many tasks", function()
+  it("run 200 at once and each returns its own results, awaited in any order", function()
+    local tasks = {}
+    for i = 1, 200 do
+      tasks[i] = isolate.spawn(function(n)
+        local t = {}
+        for k = 1, n do t[k] = k * n end
+        return n, t
+      end, i)
+    end
+    for i = 200, 1, -3 do      -- out of order, and some twice below
+      local n, t = tasks[i]:await()
+      assert.equal(i, n)
+      assert.equal(i, #t)
+      assert.equal(i * i, t[i])
+    end
+    for i = 1, 200 do
+      assert.equal(i, (tasks[i]:await()))
+    end
+  end)
+
+  it("spawned from several isolates at once, nested, all end", function()
+    local function tree(depth, width)
+      if depth == 0 then return 1 end
+      local children = {}
+      for i = 1, width do children[i] = isolate.spawn(tree, depth - 1, width) end
+      local sum = 0
+      for i = width, 1, -1 do sum = sum + children[i]:await() end
+      return sum
+    end
+    local roots = {}
+    for i = 1, 4 do roots[i] = isolate.spawn(tree, 3, 3) end
+    for i = 1, 4 do assert.equal(27, roots[i]:await()) end
+  end)
+
+  it("mix failures and results without mixing them up", function()
+    local tasks = {}
+    for i = 1, 60 do
+      tasks[i] = isolate.spawn(function(n)
+        if n % 3 == 0 then error({n = n}) end
+        if n % 5 == 0 then os.exit() end
+        return n
+      end, i)
+    end
+    for i = 1, 60 do
+      local ok, r = pcall(tasks[i].await, tasks[i])
+      if i % 3 == 0 then
+        assert.is_false(ok); assert.equal("error", r.kind); assert.equal(i, r.value.n)
+      elseif i % 5 == 0 then
+        assert.is_false(ok); assert.equal("exit", r.kind)
+      else
+        assert.is_true(ok); assert.equal(i, r)
+      end
+    end
+  end)
+end)

@@ -151,9 +151,22 @@ static int os_exit (lua_State *L) {
 }
 
 
-/* message handler: keep the remote traceback, pass the error value on */
+/*
+** Message handler: keep the remote traceback, pass the error value on.
+** Its last frame is always body(), the core's C entry ("[C]: in ?"),
+** which tells the reader nothing: it is cut.
+*/
 static int msgh (lua_State *L) {
+  static const char entry[] = "\n\t[C]: in ?";
+  size_t len;
+  const char *tb;
   luaL_traceback(L, L, NULL, 1);
+  tb = lua_tolstring(L, -1, &len);
+  if (len >= sizeof(entry) - 1 &&
+      strcmp(tb + len - (sizeof(entry) - 1), entry) == 0) {
+    lua_pushlstring(L, tb, len - (sizeof(entry) - 1));
+    lua_replace(L, -2);
+  }
   lua_setfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
   return 1;
 }
