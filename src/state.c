@@ -240,14 +240,16 @@ static int body (lua_State *L) {
 
 /*
 ** Encode a failure record: kind, message, traceback, value.  Arguments:
-** the Isolate, the kind, the error value, and whether to send the value
-** (it may be something that cannot travel: the second try goes without).
+** the Isolate, the kind (a C string), the error value, and whether to send
+** the value (it may be something that cannot travel: the second try goes
+** without).  Everything that allocates is in here, under lua_pcall: after
+** a memory error, an allocation outside it would be a panic.
 */
 static int record (lua_State *L) {
   Isolate *iso = (Isolate *)lua_touserdata(L, 1);
   int t;
   lua_settop(L, 4);
-  lua_pushvalue(L, 2);
+  lua_pushstring(L, (const char *)lua_touserdata(L, 2));
   if (iso->exiting != EXIT_NONE)
     lua_pushliteral(L, "Computation ended without result");
   else if ((t = lua_type(L, 3)) == LUA_TSTRING || t == LUA_TNUMBER) {
@@ -277,7 +279,7 @@ static void failure (lua_State *L, Isolate *iso, int status) {
   for (withvalue = 1; withvalue >= 0; withvalue--) {
     lua_pushcfunction(L, record);
     lua_pushlightuserdata(L, iso);
-    lua_pushstring(L, kind);
+    lua_pushlightuserdata(L, (void *)kind);
     lua_pushvalue(L, value);
     lua_pushboolean(L, withvalue);
     if (lua_pcall(L, 4, 0, 0) == LUA_OK) return;
