@@ -146,6 +146,17 @@ describe("isolate.run", function()
       assert.equal("4.0", isolate.run(function() return format("%.1f", sqrt(16)) end))
       assert.equal(math.sqrt, isolate.run(function() return math.sqrt end))
     end)
+
+    it("find C functions by their name at the time of the call", function()
+      local floor = math.floor
+      assert.equal(2, isolate.run(function() return floor(2.5) end))
+      math.floor = nil        -- no loaded module holds it now
+      local ok, err = pcall(isolate.run, function() return floor(2.5) end)
+      math.floor = floor
+      assert.is_false(ok)
+      assert.matches("^isolate: cannot transfer a C function that has no name in package.loaded", err)
+      assert.equal(3, isolate.run(function() return floor(3.5) end))
+    end)
   end)
 
   describe("globals", function()

@@ -134,6 +134,7 @@ typedef struct Encoder {
   int upvals;			/* upvalue id -> function id * 256 + (n - 1) */
   int modules;			/* table in package.loaded -> its name */
   int cfuncs;			/* C function of a loaded module -> "mod\0field" */
+  int scanned;			/* the modules were looked through for 'cfuncs' */
   lua_Integer nextid;
   int depth;
   Step path[ISOLATE_MAXDEPTH];
@@ -291,45 +292,77 @@ static int lazytable (Encoder *e, int *slot) {
 
 
 /*
-** The names of what the destination can get for itself: every table in
-** package.loaded by its module name, and every C function found in one of
-** those tables by "module\0field".  Built once per encode, when a table or
-** C function is first met.
+** Module tables travel by name: a table that is package.loaded[name]
+** becomes require(name) at the destination.  The map from table to name
+** is made once per encode, when a table is first met: one pass over
+** package.loaded, which can change between encodes.
 */
-static void build_modules (Encoder *e, int cfuncs) {
+static const char *modname (Encoder *e, int idx, size_t *len) {
   lua_State *L = e->L;
-  int map = cfuncs ? e->cfuncs : e->modules;
-  luaL_checkstack(L, 8, NULL);
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
-      if (!cfuncs) {
+  if (lazytable(e, &e->modules)) {
+    luaL_checkstack(L, 8, NULL);
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {	/* name at -2, module at -1 */
+      if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
         lua_pushvalue(L, -1);
-        if (lua_rawget(L, map) == LUA_TNIL) {
+        if (lua_rawget(L, e->modules) == LUA_TNIL) {	/* first name wins */
           lua_pushvalue(L, -2);
           lua_pushvalue(L, -4);
-          lua_rawset(L, map);
+          lua_rawset(L, e->modules);
         }
         lua_pop(L, 1);
       }
-      else {
-        lua_pushnil(L);
-        while (lua_next(L, -2)) {
-          if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
-            lua_pushvalue(L, -1);
-            if (lua_rawget(L, map) == LUA_TNIL) {
-              lua_pushvalue(L, -2);
-              lua_pushvalue(L, -6);	/* module name */
-              lua_pushlstring(L, "", 1);
-              lua_pushvalue(L, -6);	/* field name */
-              lua_concat(L, 3);
-              lua_rawset(L, map);
-            }
-            lua_pop(L, 1);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pushvalue(L, idx);
+  lua_rawget(L, e->modules);
+  return lua_tolstring(L, -1, len);	/* NULL for nil; the map holds it */
+}
+
+
+/*
+** C functions travel by name too: "module\0field" for a function found in
+** a table of package.loaded.  Finding one means looking through every
+** field of every loaded module, so the answers are kept across encodes in
+** a weak-keyed table of the registry; an answer is checked before use
+** (package.loaded[module][field] must still be that function), and a miss
+** looks through the modules again, at most once per encode.
+*/
+static const char cfuncs_key = 0;
+
+static void scan_cfuncs (Encoder *e) {
+  lua_State *L = e->L;
+  luaL_checkstack(L, 8, NULL);
+  lua_newtable(L);			/* a fresh cache */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &cfuncs_key);
+  lua_replace(L, e->cfuncs);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {		/* module name at -2, module at -1 */
+    if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
+      lua_pushnil(L);
+      while (lua_next(L, -2)) {		/* field at -2, value at -1 */
+        if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+          lua_pushvalue(L, -1);
+          if (lua_rawget(L, e->cfuncs) == LUA_TNIL) {	/* first name wins */
+            lua_pushvalue(L, -2);
+            lua_pushvalue(L, -6);	/* module name */
+            lua_pushlstring(L, "", 1);
+            lua_pushvalue(L, -6);	/* field */
+            lua_concat(L, 3);
+            lua_rawset(L, e->cfuncs);
           }
           lua_pop(L, 1);
         }
+        lua_pop(L, 1);
       }
     }
     lua_pop(L, 1);
@@ -337,15 +370,40 @@ static void build_modules (Encoder *e, int cfuncs) {
   lua_pop(L, 1);
 }
 
+/* is the name on top of the stack ("module\0field") still that of 'f'? */
+static int cfunc_holds (lua_State *L, int f) {
+  const char *name = lua_tostring(L, -1);
+  int top = lua_gettop(L), ok = 0;
+  if (name != NULL) {
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_getfield(L, -1, name) == LUA_TTABLE) {
+      lua_pushstring(L, name + strlen(name) + 1);
+      lua_rawget(L, -2);
+      ok = lua_rawequal(L, -1, f);
+    }
+  }
+  lua_settop(L, top);
+  return ok;
+}
 
-/* the name of the value at 'idx' in a map of build_modules, or NULL */
-static const char *modname (Encoder *e, int idx, int cfuncs, size_t *len) {
+/* "module\0field" of the C function at 'f' (left on the stack), or NULL */
+static const char *cfuncname (Encoder *e, int f, size_t *len) {
   lua_State *L = e->L;
-  int *slot = cfuncs ? &e->cfuncs : &e->modules;
-  if (lazytable(e, slot)) build_modules(e, cfuncs);
-  lua_pushvalue(L, idx);
-  lua_rawget(L, *slot);
-  return lua_tolstring(L, -1, len);	/* NULL for nil; the map holds it */
+  if (lua_isnil(L, e->cfuncs)) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &cfuncs_key);
+    lua_replace(L, e->cfuncs);
+  }
+  for (;;) {
+    if (lua_istable(L, e->cfuncs)) {
+      lua_pushvalue(L, f);
+      lua_rawget(L, e->cfuncs);
+      if (cfunc_holds(L, f)) return lua_tolstring(L, -1, len);
+      lua_pop(L, 1);
+    }
+    if (e->scanned) return NULL;
+    scan_cfuncs(e);
+    e->scanned = 1;
+  }
 }
 
 
@@ -390,7 +448,7 @@ static void encode_table (Encoder *e, int t) {
     put1(e, T_GLOBALS);
     return;
   }
-  if ((name = modname(e, t, 0, &len)) != NULL) {
+  if ((name = modname(e, t, &len)) != NULL) {
     put1(e, T_MODULE);
     put_string(e, name, len);
     lua_pop(L, 1);
@@ -475,7 +533,7 @@ static void encode_function (Encoder *e, int f) {
   int i, top;
   if (lua_iscfunction(L, f)) {
     size_t len;
-    const char *name = modname(e, f, 1, &len);
+    const char *name = cfuncname(e, f, &len);
     if (name == NULL) cannot(e, f);
     put1(e, T_CFUNCTION);
     put_string(e, name, strlen(name));
@@ -559,6 +617,7 @@ void codec_encode (lua_State *L, Buffer *b, int first, int n, Role role) {
   e.role = role;
   e.nextid = 0;
   e.depth = 0;
+  e.scanned = 0;
   luaL_checkstack(L, 8, NULL);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   e.globals = top + 1;
