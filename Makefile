@@ -13,11 +13,11 @@ HDR = $(wildcard src/*.h)
 
 .PHONY: all test asan tsan valgrind fuzz bench demo clean
 
-# The sanitizers instrument the C core only; lua5.4 is not rebuilt, so the
-# sanitizer's runtime is preloaded into it.
+# The sanitizers instrument the C core only, not Lua: ASan's runtime is
+# preloaded into lua5.4, TSan's is linked into a host interpreter of ours.
 SAN_CC = clang
 SAN_FLAGS = -O1 -g -fno-omit-frame-pointer
-ASAN_RT = $(shell $(SAN_CC) -print-file-name=libclang_rt.asan-x86_64.so)
+ASAN_RT = $(shell $(SAN_CC) -print-file-name=libclang_rt.asan-$(shell uname -m).so)
 LUA_LIB ?= -llua5.4
 
 all: $(BUILD)/isolate/core.so
@@ -77,9 +77,6 @@ fuzz: $(BUILD)/fuzz/decode
 	$(BUILD)/fuzz/decode -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=5 \
 		$(BUILD)/corpus fuzz/corpus
 
-clean:
-	rm -rf $(BUILD)
-
 $(BUILD)/benchlib.so: bench/benchlib.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC -shared -o $@ $<
@@ -89,3 +86,6 @@ bench: all $(BUILD)/benchlib.so
 
 demo: all
 	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) examples/demo.lua
+
+clean:
+	rm -rf $(BUILD)
