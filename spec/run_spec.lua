@@ -112,6 +112,15 @@ describe("isolate.run", function()
       local function get() return count end
       assert.equal(2, isolate.run(function() inc(); inc(); return get() end))
       assert.equal(0, count)
+      -- the function and a closure passed as an argument share one too
+      assert.equal(1, isolate.run(function(f) f(); return count end, inc))
+      -- and closures returned together still share theirs in the caller
+      local bump, read = isolate.run(function()
+        local n = 10
+        return function() n = n + 1 end, function() return n end
+      end)
+      bump(); bump()
+      assert.equal(12, read())
     end)
 
     it("include metatables, copied like any table", function()
