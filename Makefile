@@ -8,7 +8,7 @@ CC ?= cc
 CFLAGS ?= -O2 -g
 WARN = -std=c11 -Wall -Wextra -pedantic -Wshadow -Wmissing-prototypes
 BUILD = build
-SRC = src/core.c src/codec.c src/buffer.c src/pool.c src/state.c
+SRC = src/core.c src/codec.c src/names.c src/message.c src/buffer.c src/pool.c src/state.c
 HDR = $(wildcard src/*.h)
 
 .PHONY: all test asan tsan valgrind fuzz bench demo clean
@@ -67,10 +67,10 @@ valgrind: all
 # libFuzzer on the decoder: FUZZ_SECONDS of random inputs, seeded with
 # fuzz/corpus; new inputs that reach new code are kept in $(BUILD)/corpus.
 FUZZ_SECONDS ?= 60
-$(BUILD)/fuzz/decode: fuzz/decode_fuzz.c src/codec.c src/buffer.c $(HDR)
+$(BUILD)/fuzz/decode: fuzz/decode_fuzz.c src/codec.c src/names.c src/buffer.c $(HDR)
 	@mkdir -p $(dir $@)
 	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-		$(LUA_INC) -Isrc -o $@ fuzz/decode_fuzz.c src/codec.c src/buffer.c $(LUA_LIB)
+		$(LUA_INC) -Isrc -o $@ fuzz/decode_fuzz.c src/codec.c src/names.c src/buffer.c $(LUA_LIB)
 
 fuzz: $(BUILD)/fuzz/decode
 	@mkdir -p $(BUILD)/corpus

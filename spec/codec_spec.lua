@@ -1,5 +1,9 @@
 local isolate = require "isolate"
 
+-- The header of a message of n values without names: magic, version,
+-- count, and the 8-byte offset of the names section (0: none).
+local function HEAD(n) return "\27ISO\2" .. string.char(n) .. ("\0"):rep(8) end
+
 describe("isolate.encode and isolate.decode", function()
   it("round-trip values, keeping identity inside one transfer", function()
     local shared = {"s"}
@@ -18,27 +22,28 @@ describe("isolate.encode and isolate.decode", function()
   end)
 
   it("start with a magic and a version byte", function()
-    assert.equal("\27ISO\1", isolate.encode():sub(1, 5))
+    assert.equal("\27ISO\2", isolate.encode():sub(1, 5))
   end)
 
   it("refuse functions unless asked for trusted input", function()
     local k = 5
     local s = isolate.encode(function(x) return x + k end)
     assert.has_error(function() isolate.decode(s) end,
-      "isolate: cannot decode: function refused (decode trusted input with functions = true) (at byte 7)")
-    assert.equal(7, isolate.decode(s, {functions = true})(2))
-    assert.has_error(function() isolate.decode(isolate.encode(math.sqrt)) end)
-    assert.equal(math.sqrt, isolate.decode(isolate.encode(math.sqrt), {functions = true}))
+      "isolate: cannot decode: function refused (decode trusted input with {trusted = true}) (at byte 15)")
+    assert.equal(7, isolate.decode(s, {trusted = true})(2))
+    assert.has_error(function() isolate.decode(isolate.encode(math.sqrt)) end,
+      "isolate: cannot decode: module refused (decode trusted input with {trusted = true}) (at byte 14)")
+    assert.equal(math.sqrt, isolate.decode(isolate.encode(math.sqrt), {trusted = true}))
   end)
 
   it("reject input that is not theirs", function()
     assert.has_error(function() isolate.decode("hello") end, "isolate: cannot decode: not an isolate payload")
     assert.has_error(function() isolate.decode("\27ISO\9\0") end,
-      "isolate: cannot decode: format version 9, expected 1")
+      "isolate: cannot decode: format version 9, expected 2")
     assert.has_error(function() isolate.decode(isolate.encode(1) .. "x") end,
       "isolate: cannot decode: 1 bytes after the values")
-    assert.has_error(function() isolate.decode("\27ISO\1\1\31") end,
-      "isolate: cannot decode: unknown tag (at byte 7)")
+    assert.has_error(function() isolate.decode(HEAD(1) .. "\31") end,
+      "isolate: cannot decode: unknown tag (at byte 15)")
   end)
 
   it("raise a clear error, never crash, on every truncation and on corrupted bytes", function()
@@ -59,9 +64,9 @@ describe("isolate.encode and isolate.decode", function()
   end)
 
   it("refuse input nested past the depth limit", function()
-    local s = ("\27ISO\1\1") .. ("\9\1\0\0\0\0\0\0\0"):rep(250) .. "\0"
-    assert.has_error(function() isolate.decode(s) end)
+    local s = HEAD(1) .. ("\9\1\0\0\0\0\0\0\0"):rep(250) .. "\0"
     local ok, err = pcall(isolate.decode, s)
+    assert.is_false(ok)
     assert.matches("nested too deeply", err)
   end)
 
@@ -70,10 +75,11 @@ describe("isolate.encode and isolate.decode", function()
       "isolate: cannot transfer a userdata (FILE*) (value #2 > field 'f')")
   end)
 
-  it("bind loaded modules by name and keep light userdata", function()
-    local s = isolate.encode(string, table)
-    local a, b = isolate.decode(s)
+  it("bind loaded modules by name and keep light userdata, trusted", function()
+    local s = isolate.encode(string, table, string)
+    local a, b, c = isolate.decode(s, {trusted = true})
     assert.equal(string, a)
     assert.equal(table, b)
+    assert.equal(string, c)
   end)
 end)

@@ -2,6 +2,10 @@
 ** buffer.c: the chunked transfer buffer (see buffer.h).
 */
 #include <stdlib.h>
+#include <string.h>
+
+#include "lua.h"
+#include "lauxlib.h"
 
 #include "isolate.h"
 #include "buffer.h"
@@ -43,6 +47,43 @@ void buffer_free (Buffer *b) {
 }
 
 
+void buffer_append (Buffer *dst, Buffer *src) {
+  if (src->head == NULL) return;
+  if (dst->tail == NULL) dst->head = src->head;
+  else dst->tail->next = src->head;
+  dst->tail = src->tail;
+  dst->total += src->total;
+  src->head = src->tail = NULL;
+  src->total = 0;
+}
+
+
+void buffer_move (Buffer *dst, Buffer *src) {
+  if (dst == src) return;
+  buffer_free(dst);
+  *dst = *src;
+  src->head = src->tail = NULL;
+  src->total = 0;
+}
+
+
+static int buffer_gc (lua_State *L) {
+  buffer_free((Buffer *)luaL_checkudata(L, 1, "isolate.Buffer"));
+  return 0;
+}
+
+Buffer *buffer_push (lua_State *L) {
+  Buffer *b = (Buffer *)lua_newuserdatauv(L, sizeof(Buffer), 0);
+  memset(b, 0, sizeof(Buffer));
+  if (luaL_newmetatable(L, "isolate.Buffer")) {
+    lua_pushcfunction(L, buffer_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return b;
+}
+
+
 void reader_init (Reader *r, const Buffer *b) {
   r->next = (b->head != NULL) ? b->head->next : NULL;
   r->p = (b->head != NULL) ? b->head->data : NULL;
@@ -75,4 +116,27 @@ const unsigned char *reader_next (Reader *r, size_t n) {
   r->end = r->p + r->next->used;
   r->next = r->next->next;
   return reader_take(r, n);
+}
+
+
+int reader_skip (Reader *r, size_t n) {
+  if (n > r->left) return 0;
+  while (n > 0) {
+    size_t here = (size_t)(r->end - r->p);
+    if (here == 0) {
+      while (r->next != NULL && r->next->used == 0)
+        r->next = r->next->next;
+      if (r->next == NULL) return 0;
+      r->p = r->next->data;
+      r->end = r->p + r->next->used;
+      r->next = r->next->next;
+      continue;
+    }
+    if (here > n) here = n;
+    r->p += here;
+    r->left -= here;
+    r->pos += here;
+    n -= here;
+  }
+  return 1;
 }

@@ -30,6 +30,12 @@ typedef struct Buffer {
 unsigned char *buffer_grow (Buffer *b, size_t n);
 void buffer_free (Buffer *b);
 
+/* append the chunks of 'src' to 'dst' (no copy); 'src' is left empty */
+void buffer_append (Buffer *dst, Buffer *src);
+
+/* move the contents of 'src' to 'dst' (freeing what 'dst' held); 'src' is left empty */
+void buffer_move (Buffer *dst, Buffer *src);
+
 /* 'n' contiguous bytes at the end of 'b', or NULL when memory runs out */
 static inline unsigned char *buffer_reserve (Buffer *b, size_t n) {
   Chunk *c = b->tail;
@@ -55,6 +61,9 @@ void reader_init (Reader *r, const Buffer *b);
 void reader_initflat (Reader *r, const void *p, size_t n);
 const unsigned char *reader_next (Reader *r, size_t n);
 
+/* skip 'n' bytes that start an item; 0 if the input ends first */
+int reader_skip (Reader *r, size_t n);
+
 /* 'n' contiguous bytes, or NULL when the input ends or cuts an item */
 static inline const unsigned char *reader_take (Reader *r, size_t n) {
   if ((size_t)(r->end - r->p) >= n) {
@@ -66,5 +75,14 @@ static inline const unsigned char *reader_take (Reader *r, size_t n) {
   }
   return reader_next(r, n);
 }
+
+
+/*
+** A Buffer owned by a full userdata (metatable "isolate.Buffer", whose
+** __gc frees it), pushed on the stack: memory that a Lua error cannot
+** leak, and that nothing frees while the userdata is reachable.
+*/
+struct lua_State;
+Buffer *buffer_push (struct lua_State *L);
 
 #endif

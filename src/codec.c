@@ -1,6 +1,11 @@
 /*
 ** codec.c: encode Lua values into a Buffer, decode them into a state.
 **
+** A message is a magic "\x1bISO", a version byte, a varint count of
+** values, the 8-byte offset (from the message's start) of its names
+** section or 0, the values, then the names section: the modules that the
+** values name, each once (a varint count, then strings).
+**
 ** One tag byte per value, with small integers and short strings inline in
 ** the tag.  A table is its array part (1..#t) then its other pairs, then
 ** its metatable; a function is its bytecode (with debug information, so
@@ -8,12 +13,24 @@
 ** get ids in the order they are first met, on both sides, so a second
 ** reference is a T_REF and cycles close.  Upvalues shared by two closures
 ** are a T_UPREF to the first closure that holds them, joined on decoding.
+** A value that travels by name (names.h) is a T_MODULE or T_FIELD that
+** points into the names section.
 **
 ** The encoder runs in the sending state and raises a Lua error, naming the
 ** path to the value, for what cannot travel; the buffer it was writing
-** belongs to its caller, who frees it.  The decoder checks every tag,
-** length and id and raises a clear error on malformed input; it accepts
-** bytecode only when asked (CODEC_FUNCTIONS), as bytecode can crash a VM.
+** belongs to its caller, who frees it.
+**
+** The decoder trusts nothing.  Every tag, length, id and count is checked;
+** every table and function counts toward the depth limit; and every count
+** of elements is a promise of at least one byte each, drawn from one
+** budget for the whole input: a count can never promise more elements than
+** the bytes left after all the promises that enclose it, so what a message
+** makes its decoder allocate is bounded by a small constant times its size.
+** Bytecode can crash a VM, and modules, C functions, the globals table and
+** light userdata reach live objects: all are refused unless the input is
+** trusted (CODEC_TRUSTED).  The names a message needs are resolved (with
+** require, for trusted input) before any of its values is read, so no
+** user code runs while values are decoded, except finalizers.
 */
 #include <limits.h>
 #include <stdint.h>
@@ -24,6 +41,7 @@
 
 #include "isolate.h"
 #include "codec.h"
+#include "names.h"
 
 
 enum Tag {
@@ -37,8 +55,8 @@ enum Tag {
   T_FUNCTION,		/* varint size, bytecode, varint nups, upvalues */
   T_UPREF,		/* as an upvalue only: varint function id, varint n */
   T_GLOBALS,		/* the destination's globals table */
-  T_MODULE,		/* string name: the destination's require(name) */
-  T_CFUNCTION,		/* string module, string field */
+  T_MODULE,		/* varint i: the module of name i */
+  T_FIELD,		/* varint i, varint length, bytes: module i's field */
   T_LIGHTUD,		/* 8 bytes: the pointer */
   T_SHORTSTR = 0x20,	/* 0x20-0x3f: a string of (tag - 0x20) bytes */
   T_SMALLINT = 0x80	/* 0x80-0xff: the integer (tag - 0x80) */
@@ -46,7 +64,9 @@ enum Tag {
 
 #define SHORTSTR_MAX	31
 
-static const unsigned char magic[5] = {0x1b, 'I', 'S', 'O', 1};
+static const unsigned char magic[5] = {0x1b, 'I', 'S', 'O', 2};
+
+#define OFFSET_SIZE	8	/* bytes of the names section's offset */
 
 
 /*
@@ -91,20 +111,25 @@ static int w_string (Buffer *b, const char *s, size_t len) {
   return w_tagvarint(b, T_STRING, len) && w_bytes(b, s, len);
 }
 
-static int w_header (Buffer *b, uint64_t count) {
-  return w_bytes(b, magic, sizeof(magic)) && w_tagvarint(b, -1, count);
-}
-
 
 int codec_putstring (Buffer *b, const char *s, size_t len) {
   return w_tagvarint(b, -1, len) && w_bytes(b, s, len);
 }
 
 
-int codec_failure (Buffer *b, const char *kind, const char *message) {
-  unsigned char nils[2] = {T_NIL, T_NIL};	/* no traceback, no value */
-  return w_header(b, 4) && w_string(b, kind, strlen(kind)) &&
-         w_string(b, message, strlen(message)) && w_bytes(b, nils, 2);
+int codec_putstrings (Buffer *b, const char *const *s, int n) {
+  unsigned char *p;
+  int i;
+  if (!w_bytes(b, magic, sizeof(magic)) || !w_tagvarint(b, -1, (uint64_t)n) ||
+      (p = buffer_reserve(b, OFFSET_SIZE)) == NULL)
+    return 0;
+  put_le(p, 0, OFFSET_SIZE);		/* no names */
+  for (i = 0; i < n; i++) {
+    static const unsigned char nil = T_NIL;
+    if (!(s[i] == NULL ? w_bytes(b, &nil, 1) : w_string(b, s[i], strlen(s[i]))))
+      return 0;
+  }
+  return 1;
 }
 
 /* }====================================================== */
@@ -132,12 +157,13 @@ typedef struct Encoder {
   int globals;			/* stack index of the globals table */
   int seen;			/* table or function -> id (made when first needed) */
   int upvals;			/* upvalue id -> function id * 256 + (n - 1) */
-  int modules;			/* table in package.loaded -> its name */
-  int cfuncs;			/* C function of a loaded module -> "mod\0field" */
-  int scanned;			/* the modules were looked through for 'cfuncs' */
+  int used;			/* module name -> i, i -> name: the names section */
+  lua_Integer nused;
+  Names names;
   lua_Integer nextid;
-  int depth;
-  Step path[ISOLATE_MAXDEPTH];
+  int nest;			/* tables and functions open */
+  int depth;			/* steps in 'path' */
+  Step path[ISOLATE_MAXDEPTH + 2];	/* an argument, then a step a level */
 } Encoder;
 
 
@@ -199,17 +225,21 @@ static int fail (Encoder *e, const char *what) {
   return lua_error(L);
 }
 
+
+/*
+** Out of memory for the buffer: Lua's own memory error, so that it is
+** reported as one.  (lua_error raises LUA_ERRMEM for the very string
+** "not enough memory", which Lua keeps preallocated.)
+*/
 static int nomem (Encoder *e) {
-  return fail(e, "not enough memory to encode");
+  lua_pushliteral(e->L, "not enough memory");
+  return lua_error(e->L);
 }
 
 
 static void step (Encoder *e, int kind, int idx, lua_Integer n,
                   const char *name) {
-  Step *s;
-  if (e->depth >= ISOLATE_MAXDEPTH)
-    fail(e, "value nested too deeply");
-  s = &e->path[e->depth++];
+  Step *s = &e->path[e->depth++];
   s->kind = kind;
   s->idx = idx;
   s->n = n;
@@ -217,6 +247,16 @@ static void step (Encoder *e, int kind, int idx, lua_Integer n,
 }
 
 #define unstep(e)	((e)->depth--)
+
+
+/* one more table or function open; a path step for each fits in 'path' */
+static void enter (Encoder *e) {
+  if (++e->nest > ISOLATE_MAXDEPTH)
+    fail(e, "value nested too deeply");
+  luaL_checkstack(e->L, 8, "isolate: value nested too deeply");
+}
+
+#define leave(e)	((e)->nest--)
 
 
 static inline unsigned char *reserve (Encoder *e, size_t n) {
@@ -233,6 +273,10 @@ static void put_varint (Encoder *e, int tag, uint64_t v) {
 
 static void put_string (Encoder *e, const char *s, size_t len) {
   if (!w_string(e->b, s, len)) nomem(e);
+}
+
+static void put_raw (Encoder *e, const char *s, size_t len) {
+  if (!codec_putstring(e->b, s, len)) nomem(e);
 }
 
 
@@ -280,137 +324,48 @@ static int cannot (Encoder *e, int idx) {
 }
 
 
-/* make the lookup table in stack slot '*slot' if it is not there yet */
-static int lazytable (Encoder *e, int *slot) {
-  if (lua_isnil(e->L, *slot)) {
-    lua_newtable(e->L);
-    lua_replace(e->L, *slot);
-    return 1;
-  }
-  return 0;
-}
-
-
 /*
-** Module tables travel by name: a table that is package.loaded[name]
-** becomes require(name) at the destination.  The map from table to name
-** is made once per encode, when a table is first met: one pass over
-** package.loaded, which can change between encodes.
+** A value that travels by name: its name ("module" or "module\0field")
+** is on top, and is popped.  The module goes into the names section once.
 */
-static const char *modname (Encoder *e, int idx, size_t *len) {
+static void put_name (Encoder *e, const char *name, size_t len) {
   lua_State *L = e->L;
-  if (lazytable(e, &e->modules)) {
-    luaL_checkstack(L, 8, NULL);
-    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {	/* name at -2, module at -1 */
-      if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
-        lua_pushvalue(L, -1);
-        if (lua_rawget(L, e->modules) == LUA_TNIL) {	/* first name wins */
-          lua_pushvalue(L, -2);
-          lua_pushvalue(L, -4);
-          lua_rawset(L, e->modules);
-        }
-        lua_pop(L, 1);
-      }
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
+  size_t modlen = strlen(name);
+  lua_Integer i;
+  if (lua_isnil(L, e->used)) {
+    lua_newtable(L);
+    lua_replace(L, e->used);
   }
-  lua_pushvalue(L, idx);
-  lua_rawget(L, e->modules);
-  return lua_tolstring(L, -1, len);	/* NULL for nil; the map holds it */
-}
-
-
-/*
-** C functions travel by name too: "module\0field" for a function found in
-** a table of package.loaded.  Finding one means looking through every
-** field of every loaded module, so the answers are kept across encodes in
-** a weak-keyed table of the registry; an answer is checked before use
-** (package.loaded[module][field] must still be that function), and a miss
-** looks through the modules again, at most once per encode.
-*/
-static const char cfuncs_key = 0;
-
-static void scan_cfuncs (Encoder *e) {
-  lua_State *L = e->L;
-  luaL_checkstack(L, 8, NULL);
-  lua_newtable(L);			/* a fresh cache */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_pushvalue(L, -1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &cfuncs_key);
-  lua_replace(L, e->cfuncs);
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {		/* module name at -2, module at -1 */
-    if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
-      lua_pushnil(L);
-      while (lua_next(L, -2)) {		/* field at -2, value at -1 */
-        if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
-          lua_pushvalue(L, -1);
-          if (lua_rawget(L, e->cfuncs) == LUA_TNIL) {	/* first name wins */
-            lua_pushvalue(L, -2);
-            lua_pushvalue(L, -6);	/* module name */
-            lua_pushlstring(L, "", 1);
-            lua_pushvalue(L, -6);	/* field */
-            lua_concat(L, 3);
-            lua_rawset(L, e->cfuncs);
-          }
-          lua_pop(L, 1);
-        }
-        lua_pop(L, 1);
-      }
-    }
-    lua_pop(L, 1);
+  lua_pushlstring(L, name, modlen);
+  if (lua_rawget(L, e->used) == LUA_TNUMBER)
+    i = lua_tointeger(L, -1);
+  else {
+    i = ++e->nused;
+    lua_pushlstring(L, name, modlen);
+    lua_pushinteger(L, i);
+    lua_rawset(L, e->used);
+    lua_pushlstring(L, name, modlen);
+    lua_rawseti(L, e->used, i);
   }
   lua_pop(L, 1);
-}
-
-/* is the name on top of the stack ("module\0field") still that of 'f'? */
-static int cfunc_holds (lua_State *L, int f) {
-  const char *name = lua_tostring(L, -1);
-  int top = lua_gettop(L), ok = 0;
-  if (name != NULL) {
-    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-    if (lua_getfield(L, -1, name) == LUA_TTABLE) {
-      lua_pushstring(L, name + strlen(name) + 1);
-      lua_rawget(L, -2);
-      ok = lua_rawequal(L, -1, f);
-    }
+  if (modlen == len)
+    put_varint(e, T_MODULE, (uint64_t)i);
+  else {
+    put_varint(e, T_FIELD, (uint64_t)i);
+    put_raw(e, name + modlen + 1, len - modlen - 1);
   }
-  lua_settop(L, top);
-  return ok;
-}
-
-/* "module\0field" of the C function at 'f' (left on the stack), or NULL */
-static const char *cfuncname (Encoder *e, int f, size_t *len) {
-  lua_State *L = e->L;
-  if (lua_isnil(L, e->cfuncs)) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &cfuncs_key);
-    lua_replace(L, e->cfuncs);
-  }
-  for (;;) {
-    if (lua_istable(L, e->cfuncs)) {
-      lua_pushvalue(L, f);
-      lua_rawget(L, e->cfuncs);
-      if (cfunc_holds(L, f)) return lua_tolstring(L, -1, len);
-      lua_pop(L, 1);
-    }
-    if (e->scanned) return NULL;
-    scan_cfuncs(e);
-    e->scanned = 1;
-  }
+  lua_pop(L, 1);
 }
 
 
 /* emit a T_REF and return 1 if the table or function was met before */
 static int seen_before (Encoder *e, int idx) {
   lua_State *L = e->L;
-  if (!lazytable(e, &e->seen)) {
+  if (lua_isnil(L, e->seen)) {
+    lua_newtable(L);
+    lua_replace(L, e->seen);
+  }
+  else {
     lua_pushvalue(L, idx);
     if (lua_rawget(L, e->seen) == LUA_TNUMBER) {
       put_varint(e, T_REF, (uint64_t)lua_tointeger(L, -1));
@@ -448,15 +403,12 @@ static void encode_table (Encoder *e, int t) {
     put1(e, T_GLOBALS);
     return;
   }
-  if ((name = modname(e, t, &len)) != NULL) {
-    put1(e, T_MODULE);
-    put_string(e, name, len);
-    lua_pop(L, 1);
+  if ((name = names_find(L, &e->names, t, &len)) != NULL) {
+    put_name(e, name, len);
     return;
   }
-  lua_pop(L, 1);
   if (seen_before(e, t)) return;
-  luaL_checkstack(L, 8, "isolate: value nested too deeply");
+  enter(e);
   hasmt = lua_getmetatable(L, t);
   top = lua_gettop(L);		/* the metatable, if any */
   counts = reserve(e, 9);	/* tag, narr, nhash */
@@ -498,6 +450,7 @@ static void encode_table (Encoder *e, int t) {
     unstep(e);
     lua_pop(L, 1);
   }
+  leave(e);
 }
 
 
@@ -533,17 +486,14 @@ static void encode_function (Encoder *e, int f) {
   int i, top;
   if (lua_iscfunction(L, f)) {
     size_t len;
-    const char *name = cfuncname(e, f, &len);
+    const char *name = names_find(L, &e->names, f, &len);
     if (name == NULL) cannot(e, f);
-    put1(e, T_CFUNCTION);
-    put_string(e, name, strlen(name));
-    put_string(e, name + strlen(name) + 1, len - strlen(name) - 1);
-    lua_pop(L, 1);
+    put_name(e, name, len);
     return;
   }
   if (seen_before(e, f)) return;
   id = e->nextid;
-  luaL_checkstack(L, 8, "isolate: value nested too deeply");
+  enter(e);
   lua_pushvalue(L, f);
   lua_dump(L, count_writer, &size, 0);
   put_varint(e, T_FUNCTION, size);
@@ -551,7 +501,10 @@ static void encode_function (Encoder *e, int f) {
   lua_dump(L, copy_writer, &dst, 0);
   lua_getinfo(L, ">u", &ar);	/* pops the function */
   put_varint(e, -1, ar.nups);
-  lazytable(e, &e->upvals);
+  if (lua_isnil(L, e->upvals)) {
+    lua_newtable(L);
+    lua_replace(L, e->upvals);
+  }
   top = lua_gettop(L);
   for (i = 1; i <= ar.nups; i++) {
     const char *name = lua_getupvalue(L, f, i);	/* value at top + 1 */
@@ -572,6 +525,7 @@ static void encode_function (Encoder *e, int f) {
     }
     lua_settop(L, top);
   }
+  leave(e);
 }
 
 
@@ -603,6 +557,24 @@ static void encode (Encoder *e, int idx) {
 }
 
 
+/* the names section, and its offset patched into the header */
+static void put_names (Encoder *e, unsigned char *offset, size_t start) {
+  lua_State *L = e->L;
+  lua_Integer i;
+  if (e->nused == 0) return;
+  put_le(offset, (uint64_t)(e->b->total - start), OFFSET_SIZE);
+  put_varint(e, -1, (uint64_t)e->nused);
+  for (i = 1; i <= e->nused; i++) {
+    size_t len;
+    const char *name;
+    lua_rawgeti(L, e->used, i);
+    name = lua_tolstring(L, -1, &len);
+    put_raw(e, name, len);
+    lua_pop(L, 1);
+  }
+}
+
+
 /*
 ** Append one message holding the 'n' values from stack index 'first'.
 ** On error (what cannot travel, memory) the buffer holds part of it: its
@@ -612,26 +584,33 @@ void codec_encode (lua_State *L, Buffer *b, int first, int n, Role role) {
   static const int stepkind[] = {S_ARG, S_RESULT, S_VALUE};
   Encoder e;
   int top = lua_gettop(L), i;
+  size_t start = b->total;
+  unsigned char *offset;
   e.L = L;
   e.b = b;
   e.role = role;
   e.nextid = 0;
+  e.nused = 0;
+  e.nest = 0;
   e.depth = 0;
-  e.scanned = 0;
   luaL_checkstack(L, 8, NULL);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   e.globals = top + 1;
-  lua_settop(L, top + 5);	/* four lookup tables, made when first needed */
+  lua_settop(L, top + 4);	/* three lookup tables, made when first needed */
   e.seen = top + 2;
   e.upvals = top + 3;
-  e.modules = top + 4;
-  e.cfuncs = top + 5;
-  if (!w_header(b, (uint64_t)n)) nomem(&e);
+  e.used = top + 4;
+  names_open(L, &e.names);
+  if (!w_bytes(b, magic, sizeof(magic)) || !w_tagvarint(b, -1, (uint64_t)n))
+    nomem(&e);
+  offset = reserve(&e, OFFSET_SIZE);
+  put_le(offset, 0, OFFSET_SIZE);
   for (i = 0; i < n; i++) {
     step(&e, stepkind[role], 0, i + 1, NULL);
     encode(&e, first + i);
     unstep(&e);
   }
+  put_names(&e, offset, start);
   lua_settop(L, top);
 }
 
@@ -649,7 +628,10 @@ typedef struct Decoder {
   Reader *r;
   int flags;
   int refs;			/* stack index: id -> table or function */
-  lua_Integer nextid;
+  int names;			/* stack index: i -> module (trusted input) */
+  lua_Integer nextid, nnames;
+  size_t end;			/* reader position where the values end */
+  size_t promised;		/* bytes owed to elements counted, not yet read */
   int depth;
 } Decoder;
 
@@ -659,10 +641,28 @@ static int bad (Decoder *d, const char *why) {
                     (LUAI_UACINT)d->r->pos);
 }
 
+static int refused (Decoder *d, const char *what) {
+  return luaL_error(d->L, "isolate: cannot decode: %s refused "
+                    "(decode trusted input with {trusted = true}) (at byte %I)",
+                    what, (LUAI_UACINT)d->r->pos);
+}
+
+/* bytes that the values may still take: what remains less what is owed */
+static inline size_t available (Decoder *d) {
+  return d->end - d->r->pos - d->promised;
+}
+
 static inline const unsigned char *take (Decoder *d, size_t n) {
-  const unsigned char *p = reader_take(d->r, n);
-  if (p == NULL) bad(d, "truncated input");
+  const unsigned char *p;
+  if (n > available(d) || (p = reader_take(d->r, n)) == NULL)
+    bad(d, "truncated input");
   return p;
+}
+
+/* 'n' more elements, each owed at least one byte */
+static void promise (Decoder *d, uint64_t n, const char *what) {
+  if (n > available(d)) bad(d, what);
+  d->promised += (size_t)n;
 }
 
 static uint64_t get_le (const unsigned char *p, int n) {
@@ -686,7 +686,8 @@ static int get_varint (Reader *r, uint64_t *v) {
 
 static uint64_t varint (Decoder *d) {
   uint64_t v;
-  if (!get_varint(d->r, &v)) bad(d, "truncated or overlong length");
+  if (available(d) == 0 || !get_varint(d->r, &v) || d->r->pos > d->end - d->promised)
+    bad(d, "truncated or overlong length");
   return v;
 }
 
@@ -701,10 +702,21 @@ const char *codec_getstring (Reader *r, size_t *len) {
 }
 
 
-static void enter (Decoder *d) {
+/* a length and that many bytes, as a plain string */
+static const char *rawstring (Decoder *d, size_t *len) {
+  uint64_t n = varint(d);
+  if (n > available(d)) bad(d, "truncated input");
+  *len = (size_t)n;
+  return (const char *)take(d, (size_t)n);
+}
+
+
+static void dec_enter (Decoder *d) {
   if (++d->depth > ISOLATE_MAXDEPTH) bad(d, "value nested too deeply");
   luaL_checkstack(d->L, 8, "isolate: value nested too deeply");
 }
+
+#define dec_leave(d)	((d)->depth--)
 
 static void newref (Decoder *d) {
   if (lua_isnil(d->L, d->refs)) {
@@ -718,20 +730,10 @@ static void newref (Decoder *d) {
 
 static void decode (Decoder *d, int tag);
 
+/* one of the elements promised: its tag is the byte it was owed */
 static inline void decode_next (Decoder *d) {
+  d->promised--;
   decode(d, *take(d, 1));
-}
-
-
-/* a string value, left on the stack, as a C string without embedded zeros */
-static const char *decode_name (Decoder *d) {
-  size_t len;
-  const char *s;
-  decode_next(d);
-  if (lua_type(d->L, -1) != LUA_TSTRING) bad(d, "name expected");
-  s = lua_tolstring(d->L, -1, &len);
-  if (strlen(s) != len) bad(d, "name expected");
-  return s;
 }
 
 
@@ -740,9 +742,8 @@ static void decode_table (Decoder *d, int hasmt) {
   const unsigned char *counts = take(d, 8);
   uint64_t narr = get_le(counts, 4), nhash = get_le(counts + 4, 4), i;
   int t;
-  if (narr > d->r->left || nhash > d->r->left / 2)
-    bad(d, "table larger than its input");
-  enter(d);
+  promise(d, narr + 2 * nhash + (hasmt ? 1 : 0), "table larger than its input");
+  dec_enter(d);
   lua_createtable(L, narr > INT_MAX ? INT_MAX : (int)narr,
                   nhash > INT_MAX ? INT_MAX : (int)nhash);
   t = lua_gettop(L);
@@ -764,36 +765,38 @@ static void decode_table (Decoder *d, int hasmt) {
     if (!lua_istable(L, -1)) bad(d, "metatable is not a table");
     lua_setmetatable(L, t);
   }
-  d->depth--;
+  dec_leave(d);
 }
 
 
-/* the module 'name' from package.loaded, or (trusted input) require(name) */
-static void push_module (Decoder *d, const char *name) {
+/* push the module of name index 'i' */
+static void push_module (Decoder *d, uint64_t i) {
+  if (!(d->flags & CODEC_TRUSTED)) refused(d, "module");
+  if (i < 1 || i > (uint64_t)d->nnames) bad(d, "bad name index");
+  lua_rawgeti(d->L, d->names, (lua_Integer)i);
+}
+
+
+/* module[field]: a C function or a table pinned by name (names.h) */
+static void decode_field (Decoder *d) {
   lua_State *L = d->L;
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  if (lua_getfield(L, -1, name) == LUA_TNIL) {
-    if (!(d->flags & CODEC_FUNCTIONS))
-      luaL_error(L, "isolate: cannot decode: module '%s' is not loaded", name);
-    lua_getglobal(L, "require");
-    lua_pushstring(L, name);
-    lua_call(L, 1, 1);
-    lua_replace(L, -2);
+  uint64_t i = varint(d);
+  size_t len;
+  const char *field;
+  push_module(d, i);
+  field = rawstring(d, &len);
+  if (lua_istable(L, -1)) {
+    lua_pushlstring(L, field, len);
+    if (lua_rawget(L, -2) != LUA_TNIL) {
+      lua_remove(L, -2);
+      return;
+    }
+    lua_pop(L, 1);
   }
-  lua_remove(L, -2);
-}
-
-
-static void decode_cfunction (Decoder *d) {
-  lua_State *L = d->L;
-  const char *mod = decode_name(d);
-  const char *field = decode_name(d);
-  push_module(d, mod);
-  if (lua_type(L, -1) != LUA_TTABLE ||
-      lua_getfield(L, -1, field) != LUA_TFUNCTION || !lua_iscfunction(L, -1))
-    luaL_error(L, "isolate: cannot find C function '%s.%s' here", mod, field);
-  lua_replace(L, -4);
-  lua_pop(L, 2);
+  lua_rawgeti(L, d->names, d->nnames + (lua_Integer)i);	/* its name */
+  lua_pushlstring(L, field, len);
+  luaL_error(L, "isolate: cannot find '%s.%s' here", lua_tostring(L, -2),
+             lua_tostring(L, -1));
 }
 
 
@@ -819,12 +822,10 @@ static void decode_function (Decoder *d) {
   uint64_t size, nups, i;
   const unsigned char *code;
   int f;
-  if (!(d->flags & CODEC_FUNCTIONS))
-    bad(d, "function refused (decode trusted input with functions = true)");
   size = varint(d);
-  if (size > d->r->left) bad(d, "truncated input");
+  if (size > available(d)) bad(d, "truncated input");
   code = take(d, (size_t)size);
-  enter(d);
+  dec_enter(d);
   if (luaL_loadbufferx(L, (const char *)code, (size_t)size, "=isolate", "b") != LUA_OK)
     luaL_error(L, "isolate: cannot load function: %s", lua_tostring(L, -1));
   f = lua_gettop(L);
@@ -833,8 +834,11 @@ static void decode_function (Decoder *d) {
   lua_pushvalue(L, f);
   lua_getinfo(L, ">u", &ar);
   if (nups != ar.nups) bad(d, "upvalue count does not match the function");
+  promise(d, nups, "truncated input");
   for (i = 1; i <= nups; i++) {
-    int tag = *take(d, 1);
+    int tag;
+    d->promised--;
+    tag = *take(d, 1);
     if (tag == T_UPREF)
       decode_upref(d, f, (int)i);
     else {
@@ -842,7 +846,7 @@ static void decode_function (Decoder *d) {
       lua_setupvalue(L, f, (int)i);
     }
   }
-  d->depth--;
+  dec_leave(d);
 }
 
 
@@ -876,10 +880,9 @@ static void decode (Decoder *d, int tag) {
       break;
     }
     case T_STRING: {
-      uint64_t len = varint(d);
-      if (len > d->r->left) bad(d, "truncated input");
-      p = take(d, (size_t)len);
-      lua_pushlstring(L, (const char *)p, (size_t)len);
+      size_t len;
+      const char *s = rawstring(d, &len);
+      lua_pushlstring(L, s, len);
       break;
     }
     case T_TABLE: case T_TABLEMT: decode_table(d, tag == T_TABLEMT); break;
@@ -889,24 +892,68 @@ static void decode (Decoder *d, int tag) {
       lua_rawgeti(L, d->refs, (lua_Integer)id);
       break;
     }
-    case T_FUNCTION: decode_function(d); break;
-    case T_GLOBALS: lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS); break;
-    case T_MODULE: {
-      const char *name = decode_name(d);
-      push_module(d, name);
-      lua_remove(L, -2);
+    case T_FUNCTION:
+      if (!(d->flags & CODEC_TRUSTED)) refused(d, "function");
+      decode_function(d);
       break;
-    }
-    case T_CFUNCTION:
-      if (!(d->flags & CODEC_FUNCTIONS))
-        bad(d, "function refused (decode trusted input with functions = true)");
-      decode_cfunction(d);
+    case T_GLOBALS:
+      if (!(d->flags & CODEC_TRUSTED)) refused(d, "globals table");
+      lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
       break;
+    case T_MODULE: push_module(d, varint(d)); break;
+    case T_FIELD: decode_field(d); break;
     case T_LIGHTUD:
+      if (!(d->flags & CODEC_TRUSTED)) refused(d, "light userdata");
       lua_pushlightuserdata(L, (void *)(uintptr_t)get_le(take(d, 8), 8));
       break;
     default: bad(d, "unknown tag");
   }
+}
+
+
+/*
+** The names section at 'offset' bytes from the message's start: each name
+** becomes its module (package.loaded, or require), in d->names, before any
+** value is read.  Returns the section's size.  Untrusted input has none.
+*/
+static size_t decode_names (Decoder *d, size_t start, uint64_t offset) {
+  lua_State *L = d->L;
+  Reader nr = *d->r;
+  size_t from;
+  uint64_t n, i;
+  if (offset < d->r->pos - start || offset - (d->r->pos - start) > d->r->left ||
+      !reader_skip(&nr, (size_t)(offset - (d->r->pos - start))))
+    bad(d, "bad names offset");
+  if (!(d->flags & CODEC_TRUSTED)) refused(d, "module");
+  from = nr.pos;
+  if (!get_varint(&nr, &n) || n == 0 || n > nr.left)
+    bad(d, "bad names section");
+  lua_createtable(L, (int)(2 * n), 0);	/* i -> module, n + i -> name */
+  lua_replace(L, d->names);
+  d->nnames = (lua_Integer)n;
+  for (i = 1; i <= n; i++) {
+    size_t len;
+    const char *name = codec_getstring(&nr, &len);
+    if (name == NULL || len == 0 || memchr(name, 0, len) != NULL)
+      bad(d, "bad module name");
+    lua_pushlstring(L, name, len);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, d->names, (lua_Integer)(n + i));
+    lua_rawseti(L, d->names, (lua_Integer)i);
+  }
+  for (i = 1; i <= n; i++) {	/* no byte of the input is read below */
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_rawgeti(L, d->names, (lua_Integer)i);
+    if (lua_rawget(L, -2) == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_getglobal(L, "require");
+      lua_rawgeti(L, d->names, (lua_Integer)i);
+      lua_call(L, 1, 1);
+    }
+    lua_rawseti(L, d->names, (lua_Integer)i);
+    lua_pop(L, 1);
+  }
+  return nr.pos - from;
 }
 
 
@@ -916,14 +963,18 @@ static void decode (Decoder *d, int tag) {
 */
 int codec_decode (lua_State *L, Reader *r, int flags) {
   Decoder d;
-  uint64_t n, i;
+  uint64_t n, offset;
+  size_t start = r->pos, names = 0, i;
   int top = lua_gettop(L);
   const unsigned char *p;
   d.L = L;
   d.r = r;
   d.flags = flags;
   d.nextid = 0;
+  d.nnames = 0;
+  d.promised = 0;
   d.depth = 0;
+  d.end = r->pos + r->left;
   p = reader_take(r, sizeof(magic));
   if (p == NULL || memcmp(p, magic, sizeof(magic) - 1) != 0)
     luaL_error(L, "isolate: cannot decode: not an isolate payload");
@@ -931,13 +982,24 @@ int codec_decode (lua_State *L, Reader *r, int flags) {
     luaL_error(L, "isolate: cannot decode: format version %d, expected %d",
                p[sizeof(magic) - 1], magic[sizeof(magic) - 1]);
   n = varint(&d);
-  if (n > r->left) bad(&d, "more values than input");
-  if (n > INT_MAX - 8 || !lua_checkstack(L, (int)n + 8))
-    luaL_error(L, "isolate: too many values to decode (%I)", (LUAI_UACINT)n);
+  offset = get_le(take(&d, OFFSET_SIZE), OFFSET_SIZE);
+  luaL_checkstack(L, 8, NULL);
   lua_pushnil(L);		/* 'refs', made when first needed */
   d.refs = top + 1;
+  lua_pushnil(L);		/* 'names' */
+  d.names = top + 2;
+  if (offset != 0) {
+    names = decode_names(&d, start, offset);
+    d.end = start + (size_t)offset;
+  }
+  promise(&d, n, "more values than input");
+  if (n > INT_MAX - 8 || !lua_checkstack(L, (int)n + 8))
+    luaL_error(L, "isolate: too many values to decode (%I)", (LUAI_UACINT)n);
   for (i = 0; i < n; i++) decode_next(&d);
-  lua_remove(L, d.refs);
+  if (offset != 0 && (r->pos != d.end || !reader_skip(r, names)))
+    bad(&d, "bad names offset");
+  lua_remove(L, top + 1);
+  lua_remove(L, top + 1);
   return (int)n;
 }
 

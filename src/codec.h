@@ -1,8 +1,9 @@
 /*
 ** codec.h: Lua values to bytes and back.
 **
-** Format: a magic "\x1bISO", a version byte, a varint count, then each value
-** as one tag byte with an inline payload where it fits (see codec.c).
+** Format: a magic "\x1bISO", a version byte, a varint count, the offset of
+** the names section, then each value as one tag byte with an inline
+** payload where it fits, then the names section (see codec.c).
 ** Integers are little-endian at their narrowest width; floats are their
 ** IEEE-754 bits.  Tables and functions carry ids in the order they are
 ** first met, so shared references and cycles are kept.
@@ -20,16 +21,19 @@ typedef enum Role {
   ROLE_VALUE		/* isolate.encode's values: "value #1 > ..." */
 } Role;
 
-/* decoding flags */
-#define CODEC_FUNCTIONS	1	/* accept bytecode and C functions by name */
+/*
+** decoding flags: trusted input may hold bytecode, modules, C functions,
+** the globals table and light userdata; other input is data only
+*/
+#define CODEC_TRUSTED	1
 
 void codec_encode (lua_State *L, Buffer *b, int first, int n, Role role);
 int codec_decode (lua_State *L, Reader *r, int flags);
 
-/* a failure record (kind, message, no traceback, no value) without Lua */
-int codec_failure (Buffer *b, const char *kind, const char *message);
+/* a message of 'n' strings (NULL: nil), written without Lua; 0: no memory */
+int codec_putstrings (Buffer *b, const char *const *s, int n);
 
-/* a raw string, outside any message (the job's package paths) */
+/* a raw string, outside any message; NULL: malformed */
 int codec_putstring (Buffer *b, const char *s, size_t len);
 const char *codec_getstring (Reader *r, size_t *len);
 

@@ -1,0 +1,267 @@
+/*
+** names.c: which values travel by name, and under which name (names.h).
+**
+** Tables: the map from a module table to its name is made once per encode,
+** when the encoder meets its first table: one pass over package.loaded,
+** which may change between encodes.  C functions: finding one means
+** looking through every field of every loaded module, so the answers are
+** kept across encodes in a weak-keyed table of the registry; an answer is
+** checked before use (package.loaded[module][field] must still be that
+** function), and a miss rebuilds the cache, at most once per encode.
+**
+** Everything here reads tables raw: finding a name runs no Lua code but
+** package.searchpath (when it is the library's own C function), which is
+** asked only to choose between two names of one value.
+*/
+#include <string.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "isolate.h"
+#include "names.h"
+
+
+static const char cfuncs_key = 0;	/* registry: C function -> name */
+static const char pins_key = 0;		/* registry: pinned table -> name */
+
+
+/*
+** {======================================================
+** Choosing between two names of one value
+** =======================================================
+*/
+
+static int isstdlib (const char *mod) {
+  static const char *const libs[] = {"coroutine", "debug", "io", "math",
+    "os", "package", "string", "table", "utf8", NULL};
+  int i;
+  for (i = 0; libs[i] != NULL; i++)
+    if (strcmp(mod, libs[i]) == 0) return 1;
+  return 0;
+}
+
+
+/* package.searchpath(mod, package[field]) finds a file */
+static int searchable (lua_State *L, int pkg, const char *mod, const char *field) {
+  int found = 0;
+  lua_pushliteral(L, "searchpath");
+  lua_rawget(L, pkg);
+  lua_pushstring(L, field);
+  lua_rawget(L, pkg);
+  if (lua_iscfunction(L, -2) && lua_type(L, -1) == LUA_TSTRING) {
+    lua_pushstring(L, mod);
+    lua_insert(L, -2);
+    if (lua_pcall(L, 2, 1, 0) == LUA_OK)
+      found = (lua_type(L, -1) == LUA_TSTRING);
+    lua_pop(L, 1);
+  }
+  else lua_pop(L, 2);
+  return found;
+}
+
+
+/* can 'mod' be required where package.preload and the paths are ours? */
+static int loadable (lua_State *L, const char *mod) {
+  int top = lua_gettop(L), ok = 0;
+  luaL_checkstack(L, 8, NULL);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushliteral(L, "package");
+  if (lua_rawget(L, -2) == LUA_TTABLE) {
+    int pkg = lua_gettop(L);
+    lua_pushliteral(L, "preload");
+    if (lua_rawget(L, pkg) == LUA_TTABLE &&
+        (lua_pushstring(L, mod), lua_rawget(L, -2) != LUA_TNIL))
+      ok = 1;
+    else
+      ok = searchable(L, pkg, mod, "path") || searchable(L, pkg, mod, "cpath");
+  }
+  lua_settop(L, top);
+  return ok;
+}
+
+
+/* 0 for a standard library, 1 for a name that can be loaded, 2 otherwise */
+static int rank (lua_State *L, const char *mod) {
+  return isstdlib(mod) ? 0 : loadable(L, mod) ? 1 : 2;
+}
+
+
+/*
+** Is name 'a' better than name 'b' ("module" or "module\0field")?  The
+** rank of the module first, then the shorter, then the first in byte
+** order.  The ranks are asked only when they can decide.
+*/
+static int better (lua_State *L, const char *a, size_t alen,
+                   const char *b, size_t blen) {
+  int sa = isstdlib(a), sb = isstdlib(b);
+  if (sa != sb) return sa;
+  if (!sa && strcmp(a, b) != 0) {
+    int ra = rank(L, a), rb = rank(L, b);
+    if (ra != rb) return ra < rb;
+  }
+  if (alen != blen) return alen < blen;
+  return memcmp(a, b, alen) < 0;
+}
+
+
+/*
+** t[value] = name if t has no name for it yet or 'name' is better.  The
+** value is at -2, the name on top; both are popped.
+*/
+static void offer (lua_State *L, int t) {
+  size_t len, oldlen;
+  const char *name = lua_tolstring(L, -1, &len), *old;
+  lua_pushvalue(L, -2);
+  lua_rawget(L, t);
+  old = lua_tolstring(L, -1, &oldlen);
+  lua_pop(L, 1);
+  if (old == NULL || better(L, name, len, old, oldlen))
+    lua_rawset(L, t);
+  else
+    lua_pop(L, 2);
+}
+
+/* }====================================================== */
+
+
+void names_open (lua_State *L, Names *n) {
+  luaL_checkstack(L, 4, NULL);
+  lua_pushnil(L);
+  n->tables = lua_gettop(L);
+  lua_pushnil(L);
+  n->cfuncs = lua_gettop(L);
+  n->scanned = 0;
+}
+
+
+/* the map from module tables (and pinned tables) to their names */
+static void scan_tables (lua_State *L, Names *n) {
+  lua_newtable(L);
+  lua_replace(L, n->tables);
+  luaL_checkstack(L, 8, NULL);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {	/* name at -2, module at -1 */
+    if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
+      lua_pushvalue(L, -2);
+      offer(L, n->tables);
+    }
+    else lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pins_key) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {	/* table at -2, name at -1 */
+      lua_pushvalue(L, -2);
+      if (lua_rawget(L, n->tables) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, n->tables);
+      }
+      else lua_pop(L, 2);
+    }
+  }
+  lua_pop(L, 1);
+}
+
+
+/* a fresh cache of the names of every C function of a loaded module */
+static void scan_cfuncs (lua_State *L, Names *n) {
+  luaL_checkstack(L, 12, NULL);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &cfuncs_key);
+  lua_replace(L, n->cfuncs);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {		/* module name at -2, module at -1 */
+    if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
+      lua_pushnil(L);
+      while (lua_next(L, -2)) {		/* field at -2, value at -1 */
+        if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+          lua_pushvalue(L, -1);
+          lua_pushvalue(L, -5);		/* module name */
+          lua_pushlstring(L, "", 1);
+          lua_pushvalue(L, -5);		/* field */
+          lua_concat(L, 3);
+          offer(L, n->cfuncs);
+        }
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+
+/* is the name on top ("module\0field") still that of the value at 'idx'? */
+static int holds (lua_State *L, int idx) {
+  size_t len;
+  const char *name = lua_tolstring(L, -1, &len);
+  int top = lua_gettop(L), ok = 0;
+  size_t modlen = strlen(name);
+  if (modlen < len) {
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushlstring(L, name, modlen);
+    if (lua_rawget(L, -2) == LUA_TTABLE) {
+      lua_pushlstring(L, name + modlen + 1, len - modlen - 1);
+      lua_rawget(L, -2);
+      ok = lua_rawequal(L, -1, idx);
+    }
+  }
+  lua_settop(L, top);
+  return ok;
+}
+
+
+const char *names_find (lua_State *L, Names *n, int idx, size_t *len) {
+  if (lua_type(L, idx) == LUA_TTABLE) {
+    if (lua_isnil(L, n->tables)) scan_tables(L, n);
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, n->tables) == LUA_TSTRING)
+      return lua_tolstring(L, -1, len);
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (!lua_iscfunction(L, idx)) return NULL;
+  if (lua_isnil(L, n->cfuncs)) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &cfuncs_key);
+    lua_replace(L, n->cfuncs);
+  }
+  for (;;) {
+    if (lua_istable(L, n->cfuncs)) {
+      lua_pushvalue(L, idx);
+      if (lua_rawget(L, n->cfuncs) == LUA_TSTRING && holds(L, idx))
+        return lua_tolstring(L, -1, len);
+      lua_pop(L, 1);
+    }
+    if (n->scanned) return NULL;
+    scan_cfuncs(L, n);
+    n->scanned = 1;
+  }
+}
+
+
+void names_pin (lua_State *L, int idx, const char *module, const char *field) {
+  idx = lua_absindex(L, idx);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pins_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &pins_key);
+  }
+  lua_pushvalue(L, idx);
+  lua_pushstring(L, module);
+  lua_pushlstring(L, "", 1);
+  lua_pushstring(L, field);
+  lua_concat(L, 3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
