@@ -29,8 +29,35 @@
 #define ISOLATE_SPIN_US		50
 #endif
 
+/*
+** Worker threads' C stacks, and how much of it a worker must have left to
+** run a nested isolate itself rather than lend it to a thread of its own.
+** One isolate can take a few hundred KB: LUAI_MAXCCALLS (200) levels of
+** C calls, and the codec's recursion (ISOLATE_MAXDEPTH levels).
+*/
+#if !defined(ISOLATE_STACK_SIZE)
+#define ISOLATE_STACK_SIZE	(16u << 20)
+#endif
+#if !defined(ISOLATE_INLINE_STACK)
+#define ISOLATE_INLINE_STACK	(2u << 20)
+#endif
+
+/* deepest nesting of isolates: one started from inside another, and so on */
+#if !defined(ISOLATE_MAXNESTING)
+#define ISOLATE_MAXNESTING	200
+#endif
+
+/*
+** A caller waits for its task in slices of this many milliseconds, to
+** notice a hook set meanwhile (the standalone interpreter's Ctrl-C).
+*/
+#if !defined(ISOLATE_WAIT_MS)
+#define ISOLATE_WAIT_MS		10
+#endif
+
 /* names of the metatables that the core registers */
 #define ISOLATE_TASK		"isolate.Task"
 #define ISOLATE_REMOTEERROR	"isolate.RemoteError"
+#define ISOLATE_TIMEOUTERROR	"isolate.TimeoutError"
 
 #endif

@@ -7,14 +7,33 @@
 ** next state as soon as it has published a job (state_new), so making it
 ** is not part of the next job's round trip; no state runs two jobs.
 **
-** Ending an isolate early (os.exit, isolate.exit) raises an error to unwind
-** its stack, closing to-be-closed variables on the way.  So that Lua code
-** cannot catch it, the isolate's pcall, xpcall and coroutine.resume pass
-** it on.  (A count hook that raised again at every instruction would also
-** interrupt the __close handlers that must run.)
+** The isolate's own record (struct Isolate) is its allocator's user data:
+** Lua code cannot reach it, the debug library included, and finding it
+** costs no lookup.
+**
+** Ending an isolate early (os.exit, isolate.exit) is a state of the
+** isolate, not a flag read by chance.  A request records the exit (the
+** first one decides; isolate.exit's results are encoded first, into a
+** buffer of their own, and moved in only when complete), then raises a
+** unique error value to unwind the stack, closing to-be-closed variables on
+** the way.  So that Lua code cannot catch it, the isolate's pcall, xpcall
+** and coroutine.resume pass it on when they were already running when the
+** exit began, or when what they caught is the exit itself; calls made
+** later, by cleanup code that runs while the exit unwinds, behave as
+** usual.  An exit that Lua cannot unwind from where it was asked (a
+** finalizer, a load reader, a __close run by coroutine.close: those
+** callers swallow errors) is raised again as soon as control is back in
+** Lua code of the isolate: by the wrappers of load and coroutine.close, and
+** for a finalizer by a one-shot count hook on its thread (hooks do not
+** run inside finalizers, so it fires after them).  A C module that catches
+** errors with its own lua_pcall can still stop an exit.
 */
+#define _POSIX_C_SOURCE 200809L	/* clock_gettime */
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -22,37 +41,71 @@
 
 #include "isolate.h"
 #include "codec.h"
+#include "message.h"
 #include "state.h"
 
 
 typedef enum Exit {
   EXIT_NONE,
   EXIT_PLAIN,			/* os.exit: ends without results */
-  EXIT_RESULTS,			/* isolate.exit: its results are in 'out' */
-  EXIT_CLOSING			/* lua_close runs finalizers: 'out' is final */
+  EXIT_RESULTS			/* isolate.exit: its results are in 'exitbuf' */
 } Exit;
 
 typedef struct Isolate {
-  Buffer *in, *out;
+  Buffer *in, *out;		/* the job's, during state_run */
   const char *name;		/* the pool's, or NULL */
-  Exit exiting;
+  int depth;			/* 1 for an isolate that a caller started */
+  Exit exit;			/* the first exit asked for */
+  int final;			/* the outcome is decided: exits change nothing */
+  lua_Integer calls;		/* pcall, xpcall, resume entered so far */
+  lua_Integer mark;		/* 'calls' when the exit began */
+  unsigned long requests;	/* exits asked for (to see a swallowed one) */
+  Buffer exitbuf;		/* isolate.exit's results */
+  size_t allocs, failat;	/* allocation-failure injection (tests) */
+  size_t failsize;
 } Isolate;
 
-static const char isolate_key = 0;	/* registry: light userdata Isolate* */
-#define TRACEBACK_KEY	"isolate.traceback"
+static const char exit_value = 0;	/* the error value that unwinds an exit */
+
+#define EXITING(L)	lua_pushlightuserdata(L, (void *)&exit_value)
+#define ISEXIT(L,i)	(lua_touserdata(L, i) == (void *)&exit_value)
+
+/* test hook: the next isolate to run fails its failalloc-th allocation */
+static atomic_size_t failalloc;
+
+
+static void *allocf (void *ud, void *ptr, size_t osize, size_t nsize) {
+  Isolate *iso = (Isolate *)ud;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  if (iso->failat != 0 && nsize > (ptr == NULL ? 0 : osize)) {
+    /* fail the chosen allocation, and Lua's retry of it after a full GC */
+    if (++iso->allocs == iso->failat) {
+      iso->failsize = nsize;
+      return NULL;
+    }
+    if (iso->allocs == iso->failat + 1 && nsize == iso->failsize) return NULL;
+  }
+  return realloc(ptr, nsize);
+}
 
 
 static Isolate *current (lua_State *L) {
-  Isolate *iso;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &isolate_key);
-  iso = (Isolate *)lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  return iso;
+  void *ud;
+  return lua_getallocf(L, &ud) == allocf ? (Isolate *)ud : NULL;
 }
 
 
 int state_ismain (lua_State *L) {
   return current(L) == NULL;
+}
+
+
+int state_depth (lua_State *L) {
+  Isolate *iso = current(L);
+  return iso == NULL ? 0 : iso->depth;
 }
 
 
@@ -63,73 +116,75 @@ void state_pushname (lua_State *L) {
 }
 
 
-static void *allocf (void *ud, void *ptr, size_t osize, size_t nsize) {
-  (void)ud; (void)osize;
-  if (nsize == 0) {
-    free(ptr);
-    return NULL;
-  }
-  return realloc(ptr, nsize);
-}
-
-
-static int unwind (lua_State *L, Isolate *iso, Exit how) {
-  if (iso->exiting == EXIT_NONE) iso->exiting = how;
-  lua_pushliteral(L, "isolate: exiting");
-  return lua_error(L);
-}
-
-
-static int exiting (lua_State *L) {
-  Isolate *iso = current(L);
-  return iso != NULL && (iso->exiting == EXIT_PLAIN || iso->exiting == EXIT_RESULTS);
+void state_failalloc (size_t n) {
+  atomic_store(&failalloc, n);
 }
 
 
 /*
-** pcall, xpcall and coroutine.resume of an isolate: those of the base
-** library (lbaselib.c), except that they let an exit go on unwinding.
-** Only the error path looks at the isolate, so they cost nothing more.
+** {======================================================
+** Exits
+** =======================================================
 */
-static int finishpcall (lua_State *L, int status, lua_KContext extra) {
-  if (status != LUA_OK && status != LUA_YIELD) {
-    if (exiting(L)) return lua_error(L);
-    lua_pushboolean(L, 0);
-    lua_pushvalue(L, -2);
-    return 2;
+
+/* unwind from here: this thread needs no hook to raise it again */
+static int unwind (lua_State *L);
+
+static void exit_hook (lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  unwind(L);
+}
+
+static int unwind (lua_State *L) {
+  if (lua_gethook(L) == exit_hook) lua_sethook(L, NULL, 0, 0);
+  EXITING(L);
+  return lua_error(L);
+}
+
+
+/*
+** Is this call inside a finalizer?  Lua names a function that the GC
+** calls the metamethod "__gc".  (lua_getstack walks from the top, so
+** this looks no deeper than a finalizer is likely to be.)
+*/
+static int infinalizer (lua_State *L) {
+  lua_Debug ar;
+  int level;
+  for (level = 1; level <= 64 && lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "n", &ar);
+    if (ar.namewhat != NULL && strcmp(ar.namewhat, "metamethod") == 0 &&
+        ar.name != NULL && strcmp(ar.name, "__gc") == 0)
+      return 1;
   }
-  return lua_gettop(L) - (int)extra;
+  return 0;
 }
 
-static int isolate_pcall (lua_State *L) {
-  int status;
-  luaL_checkany(L, 1);
-  lua_pushboolean(L, 1);
-  lua_insert(L, 1);
-  status = lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, 0, finishpcall);
-  return finishpcall(L, status, 0);
-}
 
-static int isolate_xpcall (lua_State *L) {
-  int status, n = lua_gettop(L);
-  luaL_checktype(L, 2, LUA_TFUNCTION);
-  lua_pushboolean(L, 1);
-  lua_pushvalue(L, 1);
-  lua_rotate(L, 3, 2);
-  status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, finishpcall);
-  return finishpcall(L, status, 2);
-}
-
-static int isolate_resume (lua_State *L) {
-  int n = lua_gettop(L);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, n, LUA_MULTRET);
-  if (!lua_toboolean(L, 1) && exiting(L)) {
-    lua_settop(L, 2);
-    return lua_error(L);
+/*
+** Ask for an exit ('how') with the 'n' values on top as its results.
+** Encoding them can fail (a value that cannot travel, memory): that is a
+** plain error and no exit.  A finalizer may ask for an exit while they are
+** being encoded: the first request to be complete decides.
+*/
+static int request (lua_State *L, Isolate *iso, Exit how, int n) {
+  if (iso->final) return unwind(L);	/* the outcome is decided already */
+  if (iso->exit == EXIT_NONE && how == EXIT_RESULTS) {
+    int first = lua_gettop(L) - n + 1;
+    Buffer *b = buffer_push(L);
+    codec_encode(L, b, first, n, ROLE_RESULT);
+    if (iso->exit == EXIT_NONE) buffer_move(&iso->exitbuf, b);
   }
-  return lua_gettop(L);
+  iso->requests++;
+  if (iso->exit == EXIT_NONE) {
+    iso->exit = how;
+    iso->mark = iso->calls;
+    if (infinalizer(L)) {	/* the GC swallows the error: raise it later */
+      lua_sethook(L, exit_hook, LUA_MASKCOUNT, 1);
+      EXITING(L);
+      return lua_error(L);
+    }
+  }
+  return unwind(L);
 }
 
 
@@ -137,29 +192,199 @@ int state_exit (lua_State *L, int n) {
   Isolate *iso = current(L);
   if (iso == NULL)
     return luaL_error(L, "isolate.exit called outside an isolate");
-  if (iso->exiting == EXIT_NONE) {
-    buffer_free(iso->out);
-    codec_encode(L, iso->out, lua_gettop(L) - n + 1, n, ROLE_RESULT);
-  }
-  return unwind(L, iso, EXIT_RESULTS);
+  return request(L, iso, EXIT_RESULTS, n);
 }
 
 
 /* os.exit inside an isolate: end the isolate, not the process */
 static int os_exit (lua_State *L) {
-  return unwind(L, current(L), EXIT_PLAIN);
+  return request(L, current(L), EXIT_PLAIN, 0);
 }
 
 
 /*
-** Message handler: keep the remote traceback, pass the error value on.
-** Its last frame is always body(), the core's C entry ("[C]: in ?"),
-** which tells the reader nothing: it is cut.
+** Does the error on top (caught by the protected call numbered 'id') go
+** on unwinding?  It does while an exit unwinds, if the call was running
+** when the exit began, or if what it caught is the exit itself.
+*/
+static int passes (lua_State *L, lua_Integer id) {
+  Isolate *iso = current(L);
+  return iso->exit != EXIT_NONE && (id <= iso->mark || ISEXIT(L, -1));
+}
+
+
+/*
+** pcall, xpcall and coroutine.resume of an isolate: those of the base
+** library (lbaselib.c, lcorolib.c), except that they let an exit go on
+** unwinding.  The continuation context holds the call's number and the
+** count of extra slots below the results (0 for pcall, 2 for xpcall).
+*/
+static int finishpcall (lua_State *L, int status, lua_KContext ctx) {
+  if (status != LUA_OK && status != LUA_YIELD) {
+    if (passes(L, (lua_Integer)(ctx >> 2))) return lua_error(L);
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, -2);
+    return 2;
+  }
+  return lua_gettop(L) - (int)(ctx & 3);
+}
+
+static int isolate_pcall (lua_State *L) {
+  lua_KContext ctx = (lua_KContext)(++current(L)->calls) << 2;
+  int status;
+  luaL_checkany(L, 1);
+  lua_pushboolean(L, 1);
+  lua_insert(L, 1);
+  status = lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, ctx, finishpcall);
+  return finishpcall(L, status, ctx);
+}
+
+static int isolate_xpcall (lua_State *L) {
+  lua_KContext ctx = ((lua_KContext)(++current(L)->calls) << 2) | 2;
+  int status, n = lua_gettop(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushboolean(L, 1);
+  lua_pushvalue(L, 1);
+  lua_rotate(L, 3, 2);
+  status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, ctx, finishpcall);
+  return finishpcall(L, status, ctx);
+}
+
+
+/*
+** An exit that passes through coroutine.resume first closes what the
+** dead coroutine left open (coroutine.wrap does the same for any error).
+*/
+static int isolate_resume (lua_State *L) {
+  lua_Integer id = ++current(L)->calls;
+  lua_State *co = lua_tothread(L, 1);
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  if (!lua_toboolean(L, 1) && (lua_settop(L, 2), passes(L, id))) {
+    int status = co != NULL ? lua_status(co) : LUA_OK;
+    if (status != LUA_OK && status != LUA_YIELD) {
+#if LUA_VERSION_RELEASE_NUM >= 50406
+      lua_closethread(co, L);
+#else
+      lua_resetthread(co);
+#endif
+    }
+    return lua_error(L);
+  }
+  return lua_gettop(L);
+}
+
+
+/*
+** load and coroutine.close catch the errors of what they run (a reader, a
+** __close): an exit asked for in there is raised again on their return.
+*/
+static int isolate_swallower (lua_State *L) {
+  Isolate *iso = current(L);
+  unsigned long requests = iso->requests;
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  if (iso->requests != requests && !iso->final) return unwind(L);
+  return lua_gettop(L);
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Making a state
+** =======================================================
+*/
+
+/* replace table[name] (table at -1) by 'f' with the old value as upvalue */
+static void wrap (lua_State *L, const char *name, lua_CFunction f) {
+  lua_getfield(L, -1, name);
+  lua_pushcclosure(L, f, 1);
+  lua_setfield(L, -2, name);
+}
+
+
+/*
+** Every isolate draws its own random numbers: Lua seeds from the time and
+** a state's address, and a worker gets the same address back for the next
+** state.  A nanosecond clock and a process-wide count are unique.
+*/
+static void seed (lua_State *L) {
+  static atomic_ulong count;
+  struct timespec ts;
+  lua_Unsigned n = (lua_Unsigned)atomic_fetch_add(&count, 1) + 1;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_getfield(L, -1, "randomseed");	/* math at -1 */
+  lua_pushinteger(L, (lua_Integer)((lua_Unsigned)ts.tv_sec * 1000000000u + (lua_Unsigned)ts.tv_nsec));
+  lua_pushinteger(L, (lua_Integer)(n * 0x9e3779b97f4a7c15u ^ (lua_Unsigned)(uintptr_t)L));
+  lua_call(L, 2, 0);
+}
+
+
+/* the libraries, and the functions that differ inside an isolate */
+static int prepare (lua_State *L) {
+  luaL_openlibs(L);
+  lua_pushglobaltable(L);
+  lua_pushcfunction(L, isolate_pcall);
+  lua_setfield(L, -2, "pcall");
+  lua_pushcfunction(L, isolate_xpcall);
+  lua_setfield(L, -2, "xpcall");
+  wrap(L, "load", isolate_swallower);
+  lua_getfield(L, -1, "os");
+  lua_pushcfunction(L, os_exit);
+  lua_setfield(L, -2, "exit");
+  lua_getfield(L, -2, "coroutine");
+  wrap(L, "resume", isolate_resume);
+  wrap(L, "close", isolate_swallower);
+  lua_getfield(L, -3, "math");
+  seed(L);
+  return 0;
+}
+
+
+lua_State *state_new (void) {
+  Isolate *iso = (Isolate *)calloc(1, sizeof(Isolate));
+  lua_State *L;
+  if (iso == NULL) return NULL;
+  L = lua_newstate(allocf, iso);
+  if (L == NULL) {
+    free(iso);
+    return NULL;
+  }
+  lua_pushcfunction(L, prepare);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    lua_close(L);
+    free(iso);
+    return NULL;
+  }
+  return L;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Running a job
+** =======================================================
+*/
+
+/*
+** Message handler: keep the remote traceback in its upvalue, pass the
+** error value on.  Its last frame is always body(), the core's C entry
+** ("[C]: in ?"), which tells the reader nothing: it is cut.  An exit
+** needs no traceback.
 */
 static int msgh (lua_State *L) {
   static const char entry[] = "\n\t[C]: in ?";
   size_t len;
   const char *tb;
+  if (ISEXIT(L, 1)) return 1;
   luaL_traceback(L, L, NULL, 1);
   tb = lua_tolstring(L, -1, &len);
   if (len >= sizeof(entry) - 1 &&
@@ -167,48 +392,8 @@ static int msgh (lua_State *L) {
     lua_pushlstring(L, tb, len - (sizeof(entry) - 1));
     lua_replace(L, -2);
   }
-  lua_setfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
+  lua_replace(L, lua_upvalueindex(1));
   return 1;
-}
-
-
-/* set package[field] from the next raw string of the job's input */
-static void setpath (lua_State *L, Reader *r, const char *field) {
-  size_t len;
-  const char *s = codec_getstring(r, &len);
-  if (s == NULL) luaL_error(L, "isolate: corrupt job input");
-  lua_pushlstring(L, s, len);
-  lua_setfield(L, -2, field);
-}
-
-
-/* the libraries, and the functions that differ inside an isolate */
-static int prepare (lua_State *L) {
-  luaL_openlibs(L);
-  lua_getglobal(L, "os");
-  lua_pushcfunction(L, os_exit);
-  lua_setfield(L, -2, "exit");
-  lua_pushcfunction(L, isolate_pcall);
-  lua_setglobal(L, "pcall");
-  lua_pushcfunction(L, isolate_xpcall);
-  lua_setglobal(L, "xpcall");
-  lua_getglobal(L, "coroutine");
-  lua_getfield(L, -1, "resume");
-  lua_pushcclosure(L, isolate_resume, 1);
-  lua_setfield(L, -2, "resume");
-  return 0;
-}
-
-
-lua_State *state_new (void) {
-  lua_State *L = lua_newstate(allocf, NULL);
-  if (L == NULL) return NULL;
-  lua_pushcfunction(L, prepare);
-  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
-    lua_close(L);
-    return NULL;
-  }
-  return L;
 }
 
 
@@ -219,101 +404,84 @@ lua_State *state_new (void) {
 static int body (lua_State *L) {
   Isolate *iso = (Isolate *)lua_touserdata(L, 1);
   Reader r;
-  int n, base;
-  lua_pushlightuserdata(L, iso);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &isolate_key);
-  lua_getglobal(L, "package");
+  int n;
   reader_init(&r, iso->in);
-  setpath(L, &r, "path");
-  setpath(L, &r, "cpath");
-  lua_settop(L, 1);
-  base = 2;
-  n = codec_decode(L, &r, CODEC_FUNCTIONS);
+  n = message_getinput(L, &r);
   buffer_free(iso->in);
-  if (n < 1 || !lua_isfunction(L, base)) luaL_error(L, "isolate: corrupt job input");
   lua_call(L, n - 1, LUA_MULTRET);
-  if (iso->exiting == EXIT_NONE)
-    codec_encode(L, iso->out, base, lua_gettop(L) - base + 1, ROLE_RESULT);
+  if (iso->exit == EXIT_NONE)
+    codec_encode(L, iso->out, 2, lua_gettop(L) - 1, ROLE_RESULT);
   return 0;
 }
 
 
 /*
-** Encode a failure record: kind, message, traceback, value.  Arguments:
-** the Isolate, the kind (a C string), the error value, and whether to send
-** the value (it may be something that cannot travel: the second try goes
-** without).  Everything that allocates is in here, under lua_pcall: after
-** a memory error, an allocation outside it would be a panic.
+** Encode the failure record; arguments: the Isolate, the kind (a C
+** string), the message (a C string or NULL), the error value, the
+** traceback.  Everything that allocates is in here, under lua_pcall:
+** after a memory error, an allocation outside it would be a panic.
 */
 static int record (lua_State *L) {
   Isolate *iso = (Isolate *)lua_touserdata(L, 1);
-  int t;
-  lua_settop(L, 4);
-  lua_pushstring(L, (const char *)lua_touserdata(L, 2));
-  if (iso->exiting != EXIT_NONE)
-    lua_pushliteral(L, "Computation ended without result");
-  else if ((t = lua_type(L, 3)) == LUA_TSTRING || t == LUA_TNUMBER) {
-    lua_pushvalue(L, 3);
-    lua_tostring(L, -1);
-  }
-  else if (luaL_getmetafield(L, 3, "__tostring") != LUA_TNIL) {
-    lua_pop(L, 1);
-    luaL_tolstring(L, 3, NULL);
-  }
-  else
-    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 3));
-  lua_getfield(L, LUA_REGISTRYINDEX, TRACEBACK_KEY);
-  if (lua_toboolean(L, 4) && iso->exiting == EXIT_NONE) lua_pushvalue(L, 3);
-  else lua_pushnil(L);
   buffer_free(iso->out);
-  codec_encode(L, iso->out, 5, 4, ROLE_RESULT);
+  message_putfailure(L, iso->out, (const char *)lua_touserdata(L, 2),
+                     (const char *)lua_touserdata(L, 3), 4, 5);
   return 0;
 }
 
-
-/* the error value is on top of the stack */
+/* the error value is on top of the stack, msgh at 1 */
 static void failure (lua_State *L, Isolate *iso, int status) {
-  const char *kind = iso->exiting != EXIT_NONE ? "exit"
+  const char *kind = iso->exit != EXIT_NONE ? "exit"
                    : status == LUA_ERRMEM ? "memory" : "error";
-  int value = lua_gettop(L), withvalue;
-  for (withvalue = 1; withvalue >= 0; withvalue--) {
-    lua_pushcfunction(L, record);
-    lua_pushlightuserdata(L, iso);
-    lua_pushlightuserdata(L, (void *)kind);
-    lua_pushvalue(L, value);
-    lua_pushboolean(L, withvalue);
-    if (lua_pcall(L, 4, 0, 0) == LUA_OK) return;
-    lua_settop(L, value);
+  int value = lua_gettop(L);
+  lua_pushcfunction(L, record);
+  lua_pushlightuserdata(L, iso);
+  lua_pushlightuserdata(L, (void *)kind);
+  lua_pushlightuserdata(L, iso->exit != EXIT_NONE
+                           ? (void *)"Computation ended without result" : NULL);
+  lua_pushvalue(L, value);
+  lua_getupvalue(L, 1, 1);	/* msgh's traceback */
+  if (lua_pcall(L, 5, 0, 0) != LUA_OK) {
+    buffer_free(iso->out);
+    message_putplain(iso->out, kind, status == LUA_ERRMEM ? "not enough memory"
+                                     : "error while reporting an error");
   }
-  buffer_free(iso->out);
-  codec_failure(iso->out, kind, status == LUA_ERRMEM ? "not enough memory"
-                                : "error while reporting an error");
 }
 
 
-int state_run (lua_State *L, Buffer *in, Buffer *out, const char *name) {
-  Isolate iso;
+int state_run (lua_State *L, Buffer *in, Buffer *out, const char *name, int depth) {
+  Isolate *iso;
   int status, ok;
   if (L == NULL) {
     buffer_free(in);
-    codec_failure(out, "memory", "not enough memory for a new Lua state");
+    buffer_free(out);
+    message_putplain(out, "memory", "not enough memory for a new Lua state");
     return 0;
   }
-  iso.in = in;
-  iso.out = out;
-  iso.name = name;
-  iso.exiting = EXIT_NONE;
-  lua_pushcfunction(L, msgh);
+  iso = current(L);
+  iso->in = in;
+  iso->out = out;
+  iso->name = name;
+  iso->depth = depth;
+  iso->failat = atomic_exchange(&failalloc, 0);
+  lua_pushnil(L);
+  lua_pushcclosure(L, msgh, 1);
   lua_pushcfunction(L, body);
-  lua_pushlightuserdata(L, &iso);
+  lua_pushlightuserdata(L, iso);
   status = lua_pcall(L, 1, 0, 1);
-  ok = (iso.exiting == EXIT_RESULTS || (status == LUA_OK && iso.exiting == EXIT_NONE));
-  if (!ok) {
+  iso->final = 1;		/* from here on, exits change nothing */
+  ok = (iso->exit == EXIT_RESULTS || (status == LUA_OK && iso->exit == EXIT_NONE));
+  if (iso->exit == EXIT_RESULTS)
+    buffer_move(out, &iso->exitbuf);
+  else if (!ok) {
     if (status == LUA_OK) lua_pushnil(L);	/* exited, yet returned */
-    failure(L, &iso, status);
+    failure(L, iso, status);
   }
-  iso.exiting = EXIT_CLOSING;	/* a finalizer's exit must not touch 'out' */
   lua_close(L);			/* before the caller sees the results: __gc done */
+  buffer_free(&iso->exitbuf);
+  free(iso);
   buffer_free(in);		/* if body did not get that far */
   return ok;
 }
+
+/* }====================================================== */

@@ -1,0 +1,179 @@
+/*
+** message.c: a job's input and an isolate's failure record (message.h).
+*/
+#include <string.h>
+
+#include "lua.h"
+#include "lauxlib.h"
+
+#include "isolate.h"
+#include "codec.h"
+#include "message.h"
+
+
+/*
+** {======================================================
+** The input of a job
+** =======================================================
+*/
+
+/* package[field] of the calling state, as a raw string ("" if none) */
+static void putpath (lua_State *L, Buffer *b, const char *field) {
+  int top = lua_gettop(L);
+  size_t len = 0;
+  const char *s = "";
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushliteral(L, "package");
+  if (lua_rawget(L, -2) == LUA_TTABLE) {
+    lua_pushstring(L, field);
+    if (lua_rawget(L, -2) == LUA_TSTRING) s = lua_tolstring(L, -1, &len);
+  }
+  if (!codec_putstring(b, s, len)) {
+    lua_pushliteral(L, "not enough memory");
+    lua_error(L);
+  }
+  lua_settop(L, top);
+}
+
+
+void message_putinput (lua_State *L, Buffer *b, int first, int n) {
+  putpath(L, b, "path");
+  putpath(L, b, "cpath");
+  codec_encode(L, b, first, n, ROLE_CALL);
+}
+
+
+/* set package[field] (package at -1) from the next raw string of 'r' */
+static void setpath (lua_State *L, Reader *r, const char *field) {
+  size_t len;
+  const char *s = codec_getstring(r, &len);
+  if (s == NULL) luaL_error(L, "isolate: corrupt job input");
+  lua_pushlstring(L, s, len);
+  lua_setfield(L, -2, field);
+}
+
+
+int message_getinput (lua_State *L, Reader *r) {
+  int base, n;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "package");
+  setpath(L, r, "path");
+  setpath(L, r, "cpath");
+  lua_pop(L, 2);
+  base = lua_gettop(L) + 1;
+  n = codec_decode(L, r, CODEC_TRUSTED);
+  if (n < 1 || !lua_isfunction(L, base)) luaL_error(L, "isolate: corrupt job input");
+  return n;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** The failure record
+** =======================================================
+*/
+
+static int tostring_value (lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+
+/* the text of the error value at 'value'; a failing __tostring is no error */
+static void pushtext (lua_State *L, int value) {
+  int t = lua_type(L, value);
+  if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+    lua_pushvalue(L, value);
+    lua_tostring(L, -1);
+  }
+  else if (luaL_getmetafield(L, value, "__tostring") != LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushcfunction(L, tostring_value);
+    lua_pushvalue(L, value);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+      lua_pop(L, 1);
+      lua_pushfstring(L, "(error object is a %s value whose __tostring failed)",
+                      luaL_typename(L, value));
+    }
+  }
+  else
+    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, value));
+}
+
+
+static int encode_value (lua_State *L) {
+  codec_encode(L, (Buffer *)lua_touserdata(L, 1), 2, 1, ROLE_RESULT);
+  return 0;
+}
+
+
+void message_putfailure (lua_State *L, Buffer *b, const char *kind,
+                         const char *message, int value, int traceback) {
+  int top = lua_gettop(L);
+  luaL_checkstack(L, 8, NULL);
+  lua_pushstring(L, kind);
+  if (message != NULL) lua_pushstring(L, message);
+  else pushtext(L, value);
+  if (lua_type(L, traceback) == LUA_TSTRING) lua_pushvalue(L, traceback);
+  else lua_pushnil(L);
+  codec_encode(L, b, top + 1, 3, ROLE_RESULT);
+  if (message == NULL && !lua_isnil(L, value)) {	/* the value, if it can go */
+    Buffer *vb = buffer_push(L);
+    lua_pushcfunction(L, encode_value);
+    lua_pushlightuserdata(L, vb);
+    lua_pushvalue(L, value);
+    if (lua_pcall(L, 2, 0, 0) == LUA_OK)
+      buffer_append(b, vb);
+  }
+  lua_settop(L, top);
+}
+
+
+int message_putplain (Buffer *b, const char *kind, const char *message) {
+  const char *record[3];
+  record[0] = kind;
+  record[1] = message;
+  record[2] = NULL;		/* no traceback */
+  return codec_putstrings(b, record, 3);
+}
+
+
+static int decode_value (lua_State *L) {
+  if (codec_decode(L, (Reader *)lua_touserdata(L, 1), CODEC_TRUSTED) != 1)
+    return luaL_error(L, "isolate: corrupt failure record");
+  return 1;
+}
+
+
+void message_pushfailure (lua_State *L, Reader *r) {
+  static const char *const fields[] = {"kind", "message", "traceback"};
+  int i, top = lua_gettop(L);
+  luaL_checkstack(L, 8, NULL);
+  if (r->left == 0) {		/* not even the record fitted in memory */
+    lua_pushliteral(L, "memory");
+    lua_pushliteral(L, "not enough memory");
+    lua_pushnil(L);
+  }
+  else if (codec_decode(L, r, 0) != 3 || lua_type(L, top + 1) != LUA_TSTRING ||
+           lua_type(L, top + 2) != LUA_TSTRING ||
+           (lua_type(L, top + 3) != LUA_TSTRING && !lua_isnil(L, top + 3)))
+    luaL_error(L, "isolate: corrupt failure record");
+  lua_createtable(L, 0, 4);
+  for (i = 0; i < 3; i++) {
+    lua_pushvalue(L, top + 1 + i);
+    lua_setfield(L, -2, fields[i]);
+  }
+  if (r->left > 0) {
+    lua_pushcfunction(L, decode_value);
+    lua_pushlightuserdata(L, r);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) lua_setfield(L, -2, "value");
+    else lua_pop(L, 1);
+  }
+  luaL_setmetatable(L, ISOLATE_REMOTEERROR);
+  lua_replace(L, top + 1);
+  lua_settop(L, top + 1);
+}
+
+/* }====================================================== */
