@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <string.h>
+#include <time.h>
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -12,6 +13,8 @@
 #include "isolate.h"
 #include "buffer.h"
 #include "codec.h"
+#include "message.h"
+#include "names.h"
 #include "pool.h"
 #include "state.h"
 
@@ -23,35 +26,31 @@
 */
 
 /*
-** A Task's user values cache its outcome once collected from the job:
-** 1 is a table {n = n, ...} of the results, 2 the RemoteError to raise.
+** A Task owns its job until the job has ended; then its output moves to a
+** Buffer userdata, the task's user value 2, and the job is let go.  Whoever
+** decodes the output holds that userdata on its stack, so nothing frees it
+** under a decoder: not a re-entered await (a finalizer can run during any
+** allocation of the decoder), not an explicit __gc.  The decoded outcome is
+** user value 1: a table {n = n, ...} of the results, or the RemoteError.
 */
 typedef struct Task {
-  Job *job;			/* NULL once let go (collected, or run's own) */
+  Job *job;			/* NULL once its output is taken, or after __gc */
   Pool *pool;
+  unsigned long id;
+  JobStatus status;		/* JOB_DONE or JOB_FAILED once taken */
+  int readers;			/* decodes of the output under way */
 } Task;
 
 #define checktask(L)	((Task *)luaL_checkudata(L, 1, ISOLATE_TASK))
+
+#define OUTCOME		1	/* user values of a Task */
+#define OUTPUT		2
 
 
 static Pool *getpool (lua_State *L) {
   Pool *p = pool_default();
   if (p == NULL) luaL_error(L, "isolate: cannot start worker threads");
   return p;
-}
-
-
-/* package[field] of the calling state, as a raw string into the job */
-static void putpath (lua_State *L, Buffer *b, const char *field) {
-  int top = lua_gettop(L);
-  size_t len = 0;
-  const char *s;
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_getfield(L, -1, "package");
-  s = lua_istable(L, -1) && lua_getfield(L, -1, field) == LUA_TSTRING
-    ? lua_tolstring(L, -1, &len) : "";
-  if (!codec_putstring(b, s, len)) luaL_error(L, "isolate: not enough memory");
-  lua_settop(L, top);
 }
 
 
@@ -62,98 +61,180 @@ static void putpath (lua_State *L, Buffer *b, const char *field) {
 */
 static Task *submit (lua_State *L) {
   int n = lua_gettop(L);
-  Pool *p = getpool(L);
-  Task *t = (Task *)lua_newuserdatauv(L, sizeof(Task), 2);
-  t->job = NULL;
+  int depth = state_depth(L) + 1;
+  Pool *p;
+  Task *t;
+  if (depth > ISOLATE_MAXNESTING)
+    luaL_error(L, "isolate: isolates nested more than %d deep", ISOLATE_MAXNESTING);
+  p = getpool(L);
+  t = (Task *)lua_newuserdatauv(L, sizeof(Task), 2);
+  memset(t, 0, sizeof(Task));
   t->pool = p;
+  t->status = JOB_NEW;
   luaL_setmetatable(L, ISOLATE_TASK);
-  if ((t->job = job_new()) == NULL) luaL_error(L, "isolate: not enough memory");
-  putpath(L, &t->job->in, "path");
-  putpath(L, &t->job->in, "cpath");
-  codec_encode(L, &t->job->in, 1, n, ROLE_CALL);
+  if ((t->job = job_new(depth)) == NULL) {
+    lua_pushliteral(L, "not enough memory");
+    lua_error(L);
+  }
+  message_putinput(L, job_input(t->job), 1, n);
   pool_submit(p, t->job);
+  t->id = job_id(t->job);
   return t;
 }
 
 
-/* a RemoteError from a failure record; the record is consumed */
-static void push_remote (lua_State *L, Job *j) {
-  static const char *const fields[] = {"kind", "message", "traceback", "value"};
-  Reader r;
-  int i;
-  if (j->out.total == 0) {	/* not even the record fitted in memory */
-    codec_failure(&j->out, "memory", "not enough memory");
-    if (j->out.total == 0) luaL_error(L, "isolate: not enough memory");
-  }
-  reader_init(&r, &j->out);
-  if (codec_decode(L, &r, CODEC_FUNCTIONS) != 4)
-    luaL_error(L, "isolate: corrupt failure record");
-  lua_createtable(L, 0, 4);
-  for (i = 3; i >= 0; i--) {
-    lua_insert(L, -2);
-    lua_setfield(L, -2, fields[i]);
-  }
-  luaL_setmetatable(L, ISOLATE_REMOTEERROR);
+static double now (void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+
+/* raise an isolate.TimeoutError for the task at 'ti' */
+static int timedout (lua_State *L, Task *t, double timeout) {
+  lua_createtable(L, 0, 2);
+  lua_pushfstring(L, "isolate: task %I did not end within %f seconds",
+                  (LUAI_UACINT)t->id, (LUAI_UACNUMBER)timeout);
+  lua_setfield(L, -2, "message");
+  lua_pushnumber(L, (lua_Number)timeout);
+  lua_setfield(L, -2, "timeout");
+  luaL_setmetatable(L, ISOLATE_TIMEOUTERROR);
+  return lua_error(L);
 }
 
 
 /*
-** Wait for the task's job and push its results, returning their count,
-** or raise its RemoteError.  With 'keep', the outcome is cached in the
-** task for later awaits; without, the job is let go at once.
+** Push the output buffer of the task at 'ti', waiting for its job to end
+** (at most 'timeout' seconds; < 0: no limit).  The wait goes in slices,
+** and a hook set meanwhile (the standalone interpreter's answer to Ctrl-C)
+** gets a call to run in, so an interrupt raises its error here at once.
+** Lua code may run there, and finalizers in any allocation: the task may
+** have been taken (re-entered await) or closed (__gc) on return of either.
 */
-static int collect (lua_State *L, Task *t, int keep) {
-  Job *j = t->job;
-  Reader r;
-  int n;
-  pool_await(t->pool, j);
-  if (pool_status(j) == JOB_FAILED) {
-    push_remote(L, j);
-    if (keep) {
-      lua_pushvalue(L, -1);
-      lua_setiuservalue(L, 1, 2);
+static Buffer *output (lua_State *L, int ti, double timeout) {
+  Task *t = (Task *)lua_touserdata(L, ti);
+  lua_Hook hook = lua_gethook(L);
+  int mask = lua_gethookmask(L), count = lua_gethookcount(L);
+  double deadline = timeout >= 0 ? now() + timeout : 0;
+  Buffer *b;
+  for (;;) {
+    if (lua_getiuservalue(L, ti, OUTPUT) == LUA_TUSERDATA)
+      return (Buffer *)lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (t->job == NULL) luaL_error(L, "isolate: task is closed");
+    if (pool_wait(t->pool, t->job, ISOLATE_WAIT_MS)) break;
+    if (timeout >= 0 && now() >= deadline) timedout(L, t, timeout);
+    if (lua_gethook(L) != hook || lua_gethookmask(L) != mask ||
+        lua_gethookcount(L) != count) {
+      hook = lua_gethook(L);
+      mask = lua_gethookmask(L);
+      count = lua_gethookcount(L);
+      luaL_loadbuffer(L, "return", 6, "=isolate");
+      lua_call(L, 0, 0);	/* call, line and count hooks all see it */
     }
-    buffer_free(&j->out);
-    return lua_error(L);
   }
-  reader_init(&r, &j->out);
-  n = codec_decode(L, &r, CODEC_FUNCTIONS);
-  if (keep) {
-    int i, first = lua_gettop(L) - n + 1;
-    lua_createtable(L, n, 1);
-    for (i = 0; i < n; i++) {
-      lua_pushvalue(L, first + i);
-      lua_rawseti(L, -2, i + 1);
-    }
-    lua_pushinteger(L, n);
-    lua_setfield(L, -2, "n");
-    lua_setiuservalue(L, 1, 1);
+  b = buffer_push(L);
+  if (lua_getiuservalue(L, ti, OUTPUT) == LUA_TUSERDATA) {	/* taken meanwhile */
+    lua_remove(L, -2);
+    return (Buffer *)lua_touserdata(L, -1);
   }
-  buffer_free(&j->out);
+  lua_pop(L, 1);
+  if (t->job == NULL) luaL_error(L, "isolate: task is closed");
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, ti, OUTPUT);
+  t->status = job_status(t->pool, t->job);
+  job_take_output(t->job, b);
+  job_release(t->pool, t->job);
+  t->job = NULL;
+  return b;
+}
+
+
+/* push the cached outcome of the task at 'ti' (raising an error), or -1 */
+static int replay (lua_State *L, int ti) {
+  Task *t = (Task *)lua_touserdata(L, ti);
+  int n, i;
+  if (lua_getiuservalue(L, ti, OUTCOME) == LUA_TNIL) {
+    lua_pop(L, 1);
+    return -1;
+  }
+  if (t->status == JOB_FAILED) return lua_error(L);	/* the RemoteError, again */
+  lua_getfield(L, -1, "n");
+  n = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  luaL_checkstack(L, n, "isolate: too many results");
+  for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
   return n;
 }
 
 
-static int task_await (lua_State *L) {
-  Task *t = checktask(L);
-  lua_settop(L, 1);
-  if (lua_getiuservalue(L, 1, 2) != LUA_TNIL)
-    return lua_error(L);		/* the RemoteError, again */
-  if (lua_getiuservalue(L, 1, 1) == LUA_TTABLE) {	/* results, again */
-    int n = (lua_getfield(L, 3, "n"), (int)lua_tointeger(L, -1)), i;
-    luaL_checkstack(L, n, "isolate: too many results");
-    for (i = 1; i <= n; i++) lua_rawgeti(L, 3, i);
-    return n;
+/*
+** Push the results of the task at 'ti' and return their count, or raise
+** its RemoteError.  With 'keep', the outcome is cached in the task for
+** later awaits, and an outcome cached meanwhile by a re-entered await is
+** the one returned.  The output is freed when no decode of it is left.
+*/
+static int collect (lua_State *L, int ti, int keep, double timeout) {
+  Task *t = (Task *)lua_touserdata(L, ti);
+  Buffer *b;
+  Reader r;
+  int n, base, i;
+  if (keep && (n = replay(L, ti)) >= 0) return n;
+  b = output(L, ti, timeout);
+  base = lua_gettop(L);
+  t->readers++;
+  reader_init(&r, b);
+  if (t->status == JOB_FAILED) {
+    message_pushfailure(L, &r);
+    n = 1;
   }
+  else n = codec_decode(L, &r, CODEC_TRUSTED);
+  if (keep && lua_getiuservalue(L, ti, OUTCOME) == LUA_TNIL) {
+    if (t->status == JOB_FAILED) lua_pushvalue(L, base + 1);
+    else {
+      lua_createtable(L, n, 1);
+      for (i = 1; i <= n; i++) {
+        lua_pushvalue(L, base + i);
+        lua_rawseti(L, -2, i);
+      }
+      lua_pushinteger(L, n);
+      lua_setfield(L, -2, "n");
+    }
+    lua_setiuservalue(L, ti, OUTCOME);
+  }
+  if (keep) lua_pop(L, 1);
+  if (--t->readers == 0) buffer_free(b);
+  if (keep) {
+    lua_settop(L, base - 1);
+    return replay(L, ti);
+  }
+  if (t->status == JOB_FAILED) return lua_error(L);
+  return n;
+}
+
+
+static double opttimeout (lua_State *L, int arg) {
+  lua_Number timeout;
+  if (lua_isnoneornil(L, arg)) return -1;
+  timeout = luaL_checknumber(L, arg);
+  luaL_argcheck(L, timeout >= 0, arg, "timeout must be a number >= 0");
+  return (double)timeout;
+}
+
+
+static int task_await (lua_State *L) {
+  double timeout;
+  checktask(L);
+  timeout = opttimeout(L, 2);
   lua_settop(L, 1);
-  if (t->job == NULL) return luaL_error(L, "isolate: task is closed");
-  return collect(L, t, 1);
+  return collect(L, 1, 1, timeout);
 }
 
 
 static const char *task_statusname (Task *t) {
   static const char *const names[] = {"queued", "queued", "running", "done", "failed"};
-  return t->job == NULL ? "closed" : names[pool_status(t->job)];
+  if (t->job != NULL) return names[job_status(t->pool, t->job)];
+  return t->status == JOB_NEW ? "closed" : names[t->status];
 }
 
 
@@ -165,7 +246,7 @@ static int task_status (lua_State *L) {
 
 static int task_done (lua_State *L) {
   Task *t = checktask(L);
-  JobStatus s = t->job == NULL ? JOB_DONE : pool_status(t->job);
+  JobStatus s = t->job == NULL ? JOB_DONE : job_status(t->pool, t->job);
   lua_pushboolean(L, s == JOB_DONE || s == JOB_FAILED);
   return 1;
 }
@@ -173,8 +254,7 @@ static int task_done (lua_State *L) {
 
 static int task_tostring (lua_State *L) {
   Task *t = checktask(L);
-  lua_pushfstring(L, "isolate.Task %d (%s)",
-                  t->job == NULL ? 0 : (int)t->job->id, task_statusname(t));
+  lua_pushfstring(L, "isolate.Task %I (%s)", (LUAI_UACINT)t->id, task_statusname(t));
   return 1;
 }
 
@@ -193,14 +273,9 @@ static int task_gc (lua_State *L) {
 
 
 static int l_run (lua_State *L) {
-  Task *t;
-  int n;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  t = submit(L);
-  n = collect(L, t, 0);
-  job_release(t->pool, t->job);
-  t->job = NULL;
-  return n;
+  submit(L);
+  return collect(L, lua_gettop(L), 0, -1);
 }
 
 
@@ -234,23 +309,9 @@ static int l_cpus (lua_State *L) {
 }
 
 
-/* a Buffer owned by a userdata, so that an error cannot leak it */
-static Buffer *newbuffer (lua_State *L) {
-  Buffer *b = (Buffer *)lua_newuserdatauv(L, sizeof(Buffer), 0);
-  memset(b, 0, sizeof(Buffer));
-  luaL_setmetatable(L, "isolate.Buffer");
-  return b;
-}
-
-static int buffer_gc (lua_State *L) {
-  buffer_free((Buffer *)luaL_checkudata(L, 1, "isolate.Buffer"));
-  return 0;
-}
-
-
 static int l_encode (lua_State *L) {
   int n = lua_gettop(L);
-  Buffer *b = newbuffer(L);
+  Buffer *b = buffer_push(L);
   luaL_Buffer out;
   Chunk *c;
   codec_encode(L, b, 1, n, ROLE_VALUE);
@@ -270,8 +331,8 @@ static int l_decode (lua_State *L) {
   Reader r;
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
-    if (lua_getfield(L, 2, "functions") != LUA_TNIL && lua_toboolean(L, -1))
-      flags |= CODEC_FUNCTIONS;
+    if (lua_getfield(L, 2, "trusted") != LUA_TNIL && lua_toboolean(L, -1))
+      flags |= CODEC_TRUSTED;
   }
   lua_settop(L, 2);
   reader_initflat(&r, s, len);
@@ -280,6 +341,15 @@ static int l_decode (lua_State *L) {
     return luaL_error(L, "isolate: cannot decode: %I bytes after the values",
                       (LUAI_UACINT)r.left);
   return n;
+}
+
+
+/* for tests: the next isolate fails its n-th allocation (0: none) */
+static int l_failalloc (lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 0, 1, "must be >= 0");
+  state_failalloc((size_t)n);
+  return 0;
 }
 
 
@@ -294,6 +364,15 @@ static int remote_tostring (lua_State *L) {
     lua_concat(L, 3);
   }
   else lua_pop(L, 1);
+  return 1;
+}
+
+
+/* tostring(timeout): its message */
+static int timeout_tostring (lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "message");
+  luaL_tolstring(L, -1, NULL);
   return 1;
 }
 
@@ -336,21 +415,25 @@ static const luaL_Reg funcs[] = {
   {"cpus", l_cpus},
   {"encode", l_encode},
   {"decode", l_decode},
-  {"RemoteError", NULL},	/* placeholder */
+  {"_failalloc", l_failalloc},
+  {"RemoteError", NULL},	/* placeholders */
+  {"TimeoutError", NULL},
   {NULL, NULL}
 };
 
 
-static void createmeta (lua_State *L) {
-  luaL_newmetatable(L, ISOLATE_TASK);
-  luaL_setfuncs(L, task_meta, 0);
-  luaL_newlib(L, task_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  luaL_newmetatable(L, "isolate.Buffer");
-  lua_pushcfunction(L, buffer_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pop(L, 1);
+/*
+** The error metatables: fields of the module, registered under their
+** names; the RemoteError travels by name (a nested isolate's error keeps
+** its type), as isolate.core's field.
+*/
+static void errortype (lua_State *L, const char *tname, const char *field,
+                       lua_CFunction tostring) {
+  luaL_newmetatable(L, tname);
+  lua_pushcfunction(L, tostring);
+  lua_setfield(L, -2, "__tostring");
+  names_pin(L, -1, "isolate.core", field);
+  lua_setfield(L, -2, field);
 }
 
 
@@ -359,11 +442,13 @@ int luaopen_isolate_core (lua_State *L);
 int luaopen_isolate_core (lua_State *L) {
   static pthread_once_t pinned = PTHREAD_ONCE_INIT;
   pthread_once(&pinned, pin_library);
-  createmeta(L);
+  luaL_newmetatable(L, ISOLATE_TASK);
+  luaL_setfuncs(L, task_meta, 0);
+  luaL_newlib(L, task_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
   luaL_newlib(L, funcs);
-  luaL_newmetatable(L, ISOLATE_REMOTEERROR);
-  lua_pushcfunction(L, remote_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_setfield(L, -2, "RemoteError");
+  errortype(L, ISOLATE_REMOTEERROR, "RemoteError", remote_tostring);
+  errortype(L, ISOLATE_TIMEOUTERROR, "TimeoutError", timeout_tostring);
   return 1;
 }

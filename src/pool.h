@@ -3,18 +3,14 @@
 **
 ** A Job is what one isolate computes.  It is shared by the Task userdata
 ** that asked for it and by the pool while queued or running; each holds a
-** reference, and the last to let go frees it.  Its fields are guarded by
-** the pool's mutex, except 'in' (the worker's alone once the job is taken)
-** and 'out' (the worker's until the status is final, then the caller's:
-** transfer on exit).  'status' is written under the mutex but atomic, so
-** that a waiter can watch it without the lock (a release store of a final
-** status publishes 'out').
+** reference, and the last to let go frees it.  Its input belongs to the
+** submitter until pool_submit, then to the worker that runs it; its output
+** to that worker until the job has ended, then to whoever takes it
+** (job_take_output: transfer on exit).  Other files see a Job only
+** through these functions.
 */
 #ifndef pool_h
 #define pool_h
-
-#include <pthread.h>
-#include <stdatomic.h>
 
 #include "buffer.h"
 
@@ -22,25 +18,30 @@ typedef enum JobStatus {
   JOB_NEW, JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED
 } JobStatus;
 
-typedef struct Job {
-  struct Job *next;		/* in the queue */
-  int refs;
-  _Atomic int status;		/* a JobStatus */
-  unsigned long id;
-  pthread_cond_t ended;		/* broadcast when status becomes final */
-  Buffer in;			/* package paths, then the function and arguments */
-  Buffer out;			/* results, or the failure record (codec_failure) */
-} Job;
-
+typedef struct Job Job;
 typedef struct Pool Pool;
 
+/* the default pool (started on first use), or NULL if it cannot start */
 Pool *pool_default (void);
 int pool_cpus (void);
 
-Job *job_new (void);
+/* a new job for an isolate nested 'depth' deep, or NULL (no memory) */
+Job *job_new (int depth);
+Buffer *job_input (Job *j);
+unsigned long job_id (Job *j);
+JobStatus job_status (Pool *p, Job *j);
+/* once the job has ended: move its output (results or failure record) */
+void job_take_output (Job *j, Buffer *dst);
 void job_release (Pool *p, Job *j);
+
 void pool_submit (Pool *p, Job *j);
-void pool_await (Pool *p, Job *j);
-JobStatus pool_status (Job *j);
+
+/*
+** Wait up to 'ms' milliseconds for 'j' to end; true if it has.  A worker
+** of the pool that waits for a job still in the queue runs it itself (or,
+** when its own C stack is running low, has a new thread run it), so that
+** nested isolates never deadlock.
+*/
+int pool_wait (Pool *p, Job *j, long ms);
 
 #endif

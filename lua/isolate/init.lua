@@ -24,8 +24,10 @@ local isolate = {
   encode = core.encode,
   decode = core.decode,
 
-  -- The metatable of every error that comes back from an isolate.
+  -- The metatable of every error that comes back from an isolate, and of
+  -- the error that await raises when its timeout runs out.
   RemoteError = core.RemoteError,
+  TimeoutError = core.TimeoutError,
 }
 
 return isolate
