@@ -68,6 +68,10 @@ static const unsigned char magic[5] = {0x1b, 'I', 'S', 'O', 2};
 
 #define OFFSET_SIZE	8	/* bytes of the names section's offset */
 
+#define STR(x)		#x
+#define XSTR(x)		STR(x)
+#define LEVELS		XSTR(ISOLATE_MAXDEPTH)
+
 
 /*
 ** {======================================================
@@ -196,19 +200,28 @@ static void render_step (lua_State *L, const Step *s) {
 /*
 ** Raise "isolate: <what> (<path>)".  For a call, the function itself is
 ** argument #1; what it captures reads better without that prefix:
-** "upvalue 'f' of function <main.lua:12>".
+** "upvalue 'f' of function <main.lua:12>".  A long path keeps its first
+** and last steps, with " > ... > " between them.
 */
+#define PATH_ENDS	4
+
 static int fail (Encoder *e, const char *what) {
   lua_State *L = e->L;
   int i = (e->role == ROLE_CALL && e->depth > 1 && e->path[0].n == 1);
   int n = 1;
-  luaL_checkstack(L, 2 * e->depth + 8, "isolate: path too long to report");
+  luaL_checkstack(L, 4 * PATH_ENDS + 16, "isolate: path too long to report");
   lua_pushfstring(L, "isolate: %s", what);
   if (e->depth == 0) return lua_error(L);
   lua_pushliteral(L, " (");
   n++;
   for (; i < e->depth; i++) {
-    int top = lua_gettop(L);
+    int top;
+    if (i == PATH_ENDS && e->depth > 2 * PATH_ENDS + 1) {
+      lua_pushliteral(L, "... > ");
+      n++;
+      i = e->depth - PATH_ENDS;
+    }
+    top = lua_gettop(L);
     render_step(L, &e->path[i]);
     if (lua_gettop(L) > top + 1) {	/* keep only the rendered step */
       lua_replace(L, top + 1);
@@ -252,7 +265,7 @@ static void step (Encoder *e, int kind, int idx, lua_Integer n,
 /* one more table or function open; a path step for each fits in 'path' */
 static void enter (Encoder *e) {
   if (++e->nest > ISOLATE_MAXDEPTH)
-    fail(e, "value nested too deeply");
+    fail(e, "value nested too deeply (more than " LEVELS " levels)");
   luaL_checkstack(e->L, 8, "isolate: value nested too deeply");
 }
 
@@ -712,7 +725,8 @@ static const char *rawstring (Decoder *d, size_t *len) {
 
 
 static void dec_enter (Decoder *d) {
-  if (++d->depth > ISOLATE_MAXDEPTH) bad(d, "value nested too deeply");
+  if (++d->depth > ISOLATE_MAXDEPTH)
+    bad(d, "value nested too deeply (more than " LEVELS " levels)");
   luaL_checkstack(d->L, 8, "isolate: value nested too deeply");
 }
 

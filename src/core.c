@@ -129,7 +129,7 @@ static Buffer *output (lua_State *L, int ti, double timeout) {
       hook = lua_gethook(L);
       mask = lua_gethookmask(L);
       count = lua_gethookcount(L);
-      luaL_loadbuffer(L, "return", 6, "=isolate");
+      luaL_loadbuffer(L, "return", 6, "=(isolate wait)");
       lua_call(L, 0, 0);	/* call, line and count hooks all see it */
     }
   }

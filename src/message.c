@@ -81,9 +81,29 @@ static int tostring_value (lua_State *L) {
 }
 
 
-/* the text of the error value at 'value'; a failing __tostring is no error */
+/* is the value at 'idx' a RemoteError with a message? (pushed if so) */
+static int remotemessage (lua_State *L, int idx) {
+  int is;
+  if (!lua_getmetatable(L, idx)) return 0;
+  luaL_getmetatable(L, ISOLATE_REMOTEERROR);
+  is = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  if (!is) return 0;
+  lua_pushliteral(L, "message");
+  if (lua_rawget(L, idx) == LUA_TSTRING) return 1;
+  lua_pop(L, 1);
+  return 0;
+}
+
+
+/*
+** The text of the error value at 'value'; a failing __tostring is no
+** error.  A RemoteError (an isolate's own run failed) gives its message
+** alone: its remote traceback stays in the value.
+*/
 static void pushtext (lua_State *L, int value) {
   int t = lua_type(L, value);
+  if (t == LUA_TTABLE && remotemessage(L, value)) return;
   if (t == LUA_TSTRING || t == LUA_TNUMBER) {
     lua_pushvalue(L, value);
     lua_tostring(L, -1);
