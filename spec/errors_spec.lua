@@ -257,3 +257,68 @@ describe("inside an isolate", function()
     if names then assert.matches("^isolate/%d+$", names) end
   end)
 end)
+
+describe("errors that cross nested isolates", function()
+  it("keep their kind, message, traceback and value: the RemoteError travels by name", function()
+    local err = error_of(isolate.run, function()
+      return isolate.run(function() error({code = 7}) end)
+    end)
+    assert.equal("error", err.kind)
+    assert.equal("(error object is a table value)", err.message)
+    local inner = err.value
+    assert.equal(isolate.RemoteError, getmetatable(inner))
+    assert.equal("error", inner.kind)
+    assert.equal(7, inner.value.code)
+    assert.matches("^stack traceback:", inner.traceback)
+    -- an exit and a memory-free kind travel the same way
+    err = error_of(isolate.run, function() return isolate.run(function() os.exit() end) end)
+    assert.equal("exit", err.value.kind)
+    -- the RemoteError metatable itself travels by name
+    assert.equal(isolate.RemoteError, isolate.run(function() return isolate.RemoteError end))
+  end)
+
+  it("lose only the value when it names a module that only the isolate has", function()
+    local err = error_of(isolate.run, function()
+      package.loaded["only.here"] = {}
+      local m = package.loaded["only.here"]
+      error(setmetatable({m = m}, {__tostring = function() return "custom" end}))
+    end)
+    assert.equal("error", err.kind)
+    assert.equal("custom", err.message)
+    assert.is_nil(err.value)
+    assert.matches("^stack traceback:", err.traceback)
+  end)
+
+  it("keep the traceback when the value's __tostring fails", function()
+    local err = error_of(isolate.run, function()
+      error(setmetatable({}, {__tostring = function() error("bad tostring") end}))
+    end)
+    assert.equal("error", err.kind)
+    assert.equal("(error object is a table value whose __tostring failed)", err.message)
+    assert.matches("^stack traceback:", err.traceback)
+    err = error_of(isolate.run, function()
+      error(setmetatable({}, {__tostring = function() return {} end}))
+    end)
+    assert.equal("(error object is a table value whose __tostring failed)", err.message)
+  end)
+
+  it("report running out of memory while encoding results as kind 'memory'", function()
+    local core = require "isolate.core"
+    -- the first allocation past the start of the job that fails is the
+    -- encoder's: a large string's copy, or the result buffer
+    local seen = {}
+    for n = 1, 400 do
+      core._failalloc(n)
+      local ok, err = pcall(isolate.run, function() return ("x"):rep(100), {1, 2, 3} end)
+      if not ok then
+        assert.equal(isolate.RemoteError, getmetatable(err))
+        assert.equal("memory", err.kind, err.message)
+        assert.equal("not enough memory", err.message)
+        seen[#seen + 1] = n
+      end
+    end
+    core._failalloc(0)
+    assert.is_true(#seen > 0, "no allocation failed")
+    assert.equal(1, isolate.run(function() return 1 end))
+  end)
+end)

@@ -225,3 +225,46 @@ describe("isolate.run", function()
     end
   end)
 end)
+
+describe("isolate.run's fresh states", function()
+  it("draw their own random numbers", function()
+    local seen, repeats = {}, 0
+    for _ = 1, 40 do
+      local v = isolate.run(function() return math.random(1 << 40) end)
+      if seen[v] then repeats = repeats + 1 end
+      seen[v] = true
+    end
+    assert.equal(0, repeats)
+  end)
+end)
+
+describe("names", function()
+  it("prefer the standard libraries, then names the isolate can load", function()
+    local json = require "dkjson"
+    package.loaded.json = json           -- an alias that no file backs
+    package.loaded["app.helpers"] = {format = string.format}
+    local fmt = string.format
+    local ok1, r1, ok2, r2 = true, nil, true, nil
+    for _ = 1, 12 do
+      local ok, r = pcall(isolate.run, function() return json.encode({1}) end)
+      if not ok then ok1, r1 = false, r end
+      ok, r = pcall(isolate.run, function() return fmt("%d", 42) end)
+      if not ok then ok2, r2 = false, r end
+    end
+    package.loaded.json, package.loaded["app.helpers"] = nil, nil
+    assert.is_true(ok1, tostring(r1))
+    assert.is_true(ok2, tostring(r2))
+    -- the name chosen is kept: still right after the alias goes
+    assert.equal("[1]", isolate.run(function() return json.encode({1}) end))
+  end)
+
+  it("choose the shortest, then the first in byte order, when nothing else decides", function()
+    local m = {}
+    package.loaded["zz.long.name"] = m
+    package.loaded["bb"] = m
+    package.loaded["aa"] = m
+    local s = isolate.encode(m)
+    package.loaded["zz.long.name"], package.loaded["bb"], package.loaded["aa"] = nil, nil, nil
+    assert.matches("aa$", s)
+  end)
+end)

@@ -154,3 +154,106 @@ describe("many tasks", function()
     end
   end)
 end)
+
+describe("a task's results", function()
+  local function big() local t = {} for i = 1, 20000 do t[i] = {i} end return t end
+
+  it("survive awaits re-entered from finalizers while they are decoded: all get the same results", function()
+    local task = isolate.spawn(big)
+    local got = {}
+    for _ = 1, 300 do
+      setmetatable({}, {__gc = function()
+        local ok, r = pcall(task.await, task)
+        got[#got + 1] = ok and r or tostring(r)
+      end})
+    end
+    local r = task:await()
+    collectgarbage()
+    assert.equal(20000, #r)
+    assert.equal(20000, r[20000][1])
+    for i = 1, #got do assert.equal(r, got[i]) end
+    assert.equal(r, task:await())
+  end)
+
+  it("survive an explicit __gc of the task while they are decoded", function()
+    local task = isolate.spawn(big)
+    for _ = 1, 300 do setmetatable({}, {__gc = function() getmetatable(task).__gc(task) end}) end
+    local ok, r = pcall(task.await, task)
+    assert.is_true(ok, tostring(r))
+    assert.equal(20000, #r)
+    -- closed before its results were taken: a clear error
+    local t2 = isolate.spawn(function() return 1 end)
+    getmetatable(t2).__gc(t2)
+    assert.has_error(function() t2:await() end, "isolate: task is closed")
+    assert.equal("closed", t2:status())
+  end)
+
+  it("are decoded after the modules they name are loaded, with no user code in between", function()
+    package.preload["spec.fake.loader"] = function()
+      -- a loader that awaits the very task being decoded
+      local r = _G.pending_task:await()
+      return {r = r}
+    end
+    local mod = {}
+    package.loaded["spec.fake.loader"] = mod
+    _G.pending_task = isolate.spawn(function() return mod, {1, 2, 3} end)
+    package.loaded["spec.fake.loader"] = nil
+    local ok, m, t = pcall(_G.pending_task.await, _G.pending_task)
+    _G.pending_task, package.preload["spec.fake.loader"], package.loaded["spec.fake.loader"] = nil, nil, nil
+    -- the loader's await re-enters the decode of the same output: an error
+    -- (a loop while loading) or the results, never a crash
+    if ok then assert.same({1, 2, 3}, t) else assert.is_not_nil(m) end
+  end)
+
+  it("are refused past 200 levels of nested isolates, with a clear error", function()
+    local function nest(n)
+      if n == 0 then return 0 end
+      return 1 + isolate.run(nest, n - 1)
+    end
+    assert.equal(150, isolate.run(nest, 150))
+    local ok, err = pcall(isolate.run, nest, 20000)
+    assert.is_false(ok)
+    assert.equal("error", err.kind)
+    assert.matches("isolate: isolates nested more than 200 deep$", err.message)
+  end)
+
+  it("come back from nested isolates each deep in pcalls, whatever their C stack", function()
+    local function deep(n, p)
+      local function rec(k)
+        if k == 0 then return n == 0 and 0 or 1 + isolate.run(deep, n - 1, p) end
+        local ok, v = pcall(rec, k - 1)
+        if not ok then error(v, 0) end
+        return v
+      end
+      return rec(p)
+    end
+    assert.equal(100, isolate.run(deep, 100, 180))
+  end)
+end)
+
+describe("task:await(timeout)", function()
+  it("raises an isolate.TimeoutError when the task is still running, and the task goes on", function()
+    local task = isolate.spawn(function() local t0 = os.clock() while os.clock() - t0 < 0.3 do end return "late" end)
+    local ok, err = pcall(task.await, task, 0.01)
+    assert.is_false(ok)
+    assert.equal(isolate.TimeoutError, getmetatable(err))
+    assert.equal(0.01, err.timeout)
+    assert.matches("^isolate: task %d+ did not end within 0.01", err.message)
+    assert.equal(err.message, tostring(err))
+    assert.equal("late", task:await())
+    assert.equal("late", task:await(0))
+  end)
+
+  it("checks its argument", function()
+    local task = isolate.spawn(function() return 1 end)
+    assert.has_error(function() task:await(-1) end, "bad argument #1 to 'await' (timeout must be a number >= 0)")
+    assert.has_error(function() task:await("soon") end, "bad argument #1 to 'await' (number expected, got string)")
+    assert.equal(1, task:await(nil))
+  end)
+
+  it("shows a task's full id", function()
+    local task = isolate.spawn(function() return 1 end)
+    task:await()
+    assert.matches("^isolate.Task %d+ %(done%)$", tostring(task))
+  end)
+end)

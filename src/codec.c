@@ -840,8 +840,11 @@ static void decode_function (Decoder *d) {
   if (size > available(d)) bad(d, "truncated input");
   code = take(d, (size_t)size);
   dec_enter(d);
-  if (luaL_loadbufferx(L, (const char *)code, (size_t)size, "=isolate", "b") != LUA_OK)
-    luaL_error(L, "isolate: cannot load function: %s", lua_tostring(L, -1));
+  switch (luaL_loadbufferx(L, (const char *)code, (size_t)size, "=isolate", "b")) {
+    case LUA_OK: break;
+    case LUA_ERRMEM: lua_error(L); break;	/* a memory error stays one */
+    default: luaL_error(L, "isolate: cannot load function: %s", lua_tostring(L, -1));
+  }
   f = lua_gettop(L);
   newref(d);
   nups = varint(d);

@@ -66,6 +66,7 @@ typedef struct Isolate {
 } Isolate;
 
 static const char exit_value = 0;	/* the error value that unwinds an exit */
+static const char msgh_key = 0;		/* registry: the message handler */
 
 #define EXITING(L)	lua_pushlightuserdata(L, (void *)&exit_value)
 #define ISEXIT(L,i)	(lua_touserdata(L, i) == (void *)&exit_value)
@@ -301,6 +302,29 @@ static int isolate_swallower (lua_State *L) {
 ** =======================================================
 */
 
+/*
+** Message handler: keep the remote traceback in its upvalue, pass the
+** error value on.  Its last frame is always body(), the core's C entry
+** ("[C]: in ?"), which tells the reader nothing: it is cut.  An exit
+** needs no traceback.
+*/
+static int msgh (lua_State *L) {
+  static const char entry[] = "\n\t[C]: in ?";
+  size_t len;
+  const char *tb;
+  if (ISEXIT(L, 1)) return 1;
+  luaL_traceback(L, L, NULL, 1);
+  tb = lua_tolstring(L, -1, &len);
+  if (len >= sizeof(entry) - 1 &&
+      strcmp(tb + len - (sizeof(entry) - 1), entry) == 0) {
+    lua_pushlstring(L, tb, len - (sizeof(entry) - 1));
+    lua_replace(L, -2);
+  }
+  lua_replace(L, lua_upvalueindex(1));
+  return 1;
+}
+
+
 /* replace table[name] (table at -1) by 'f' with the old value as upvalue */
 static void wrap (lua_State *L, const char *name, lua_CFunction f) {
   lua_getfield(L, -1, name);
@@ -343,6 +367,9 @@ static int prepare (lua_State *L) {
   wrap(L, "close", isolate_swallower);
   lua_getfield(L, -3, "math");
   seed(L);
+  lua_pushnil(L);
+  lua_pushcclosure(L, msgh, 1);		/* made here: state_run must not allocate */
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &msgh_key);
   return 0;
 }
 
@@ -373,29 +400,6 @@ lua_State *state_new (void) {
 ** Running a job
 ** =======================================================
 */
-
-/*
-** Message handler: keep the remote traceback in its upvalue, pass the
-** error value on.  Its last frame is always body(), the core's C entry
-** ("[C]: in ?"), which tells the reader nothing: it is cut.  An exit
-** needs no traceback.
-*/
-static int msgh (lua_State *L) {
-  static const char entry[] = "\n\t[C]: in ?";
-  size_t len;
-  const char *tb;
-  if (ISEXIT(L, 1)) return 1;
-  luaL_traceback(L, L, NULL, 1);
-  tb = lua_tolstring(L, -1, &len);
-  if (len >= sizeof(entry) - 1 &&
-      strcmp(tb + len - (sizeof(entry) - 1), entry) == 0) {
-    lua_pushlstring(L, tb, len - (sizeof(entry) - 1));
-    lua_replace(L, -2);
-  }
-  lua_replace(L, lua_upvalueindex(1));
-  return 1;
-}
-
 
 /*
 ** The isolate's life: decode the function and its arguments, call it,
@@ -464,8 +468,7 @@ int state_run (lua_State *L, Buffer *in, Buffer *out, const char *name, int dept
   iso->name = name;
   iso->depth = depth;
   iso->failat = atomic_exchange(&failalloc, 0);
-  lua_pushnil(L);
-  lua_pushcclosure(L, msgh, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &msgh_key);	/* nothing allocates here */
   lua_pushcfunction(L, body);
   lua_pushlightuserdata(L, iso);
   status = lua_pcall(L, 1, 0, 1);

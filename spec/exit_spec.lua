@@ -1,0 +1,180 @@
+local isolate = require "isolate"
+
+-- The outcome of isolate.run(f, ...): "ok", results... or "error", kind, message.
+local function outcome(f, ...)
+  local r = table.pack(pcall(isolate.run, f, ...))
+  if r[1] then return "ok", table.unpack(r, 2, r.n) end
+  local e = r[2]
+  if getmetatable(e) == isolate.RemoteError then return "error", e.kind, e.message end
+  return "error", "local", e
+end
+
+-- A file the isolate writes and the spec reads back.
+local function marker()
+  local path = os.tmpname()
+  os.remove(path)
+  return path, function()
+    local f = io.open(path)
+    local s = f and f:read("a")
+    if f then f:close() end
+    os.remove(path)
+    return s
+  end
+end
+
+describe("exits", function()
+  it("never touch results being encoded: a finalizer's exit during encoding wins whole", function()
+    for _ = 1, 100 do
+      local ok, r = pcall(isolate.run, function()
+        for _ = 1, 500 do setmetatable({}, {__gc = function() isolate.exit("from __gc") end}) end
+        local big = {}
+        for i = 1, 2000 do big[i] = {i, tostring(i)} end
+        return big
+      end)
+      assert.is_true(ok, tostring(r))
+      if type(r) == "table" then
+        assert.equal(2000, #r)
+        assert.same({2000, "2000"}, r[2000])
+      else
+        assert.equal("from __gc", r)
+      end
+    end
+  end)
+
+  it("with results that cannot travel are a plain error, which pcall catches, and leave nothing behind", function()
+    assert.same({"ok", "ok"}, {outcome(function()
+      pcall(isolate.exit, {1, 2, coroutine.create(print)})
+      return "ok"
+    end)})
+    local status, kind, message = outcome(function() isolate.exit(1, {co = coroutine.create(print)}) end)
+    assert.same({"error", "error", "isolate: cannot transfer a thread (result #2 > field 'co')"}, {status, kind, message})
+    -- an exit after a failed one still works
+    assert.same({"ok", "second"}, {outcome(function()
+      pcall(isolate.exit, coroutine.create(print))
+      isolate.exit("second")
+    end)})
+  end)
+
+  it("end the isolate even when asked where Lua cannot unwind", function()
+    -- a load reader
+    assert.same({"error", "exit", "Computation ended without result"},
+      {outcome(function() load(function() os.exit() end); while true do end end)})
+    assert.same({"ok", "via load"},
+      {outcome(function() load(function() isolate.exit("via load") end); while true do end end)})
+    -- a __close that coroutine.close runs
+    assert.same({"ok", "via close"}, {outcome(function()
+      local co = coroutine.create(function()
+        local _ <close> = setmetatable({}, {__close = function() isolate.exit("via close") end})
+        coroutine.yield()
+      end)
+      coroutine.resume(co)
+      coroutine.close(co)
+      while true do end
+    end)})
+    -- a finalizer, during an explicit collection or any allocation
+    assert.same({"ok", "via gc"}, {outcome(function()
+      setmetatable({}, {__gc = function() isolate.exit("via gc") end})
+      collectgarbage()
+      while true do end
+    end)})
+    assert.same({"error", "exit", "Computation ended without result"}, {outcome(function()
+      setmetatable({}, {__gc = function() os.exit() end})
+      local t = {}
+      for i = 1, 1e7 do t[i % 1000 + 1] = {i} end
+      return "not reached"
+    end)})
+    -- from inside a coroutine's finalizer
+    assert.same({"ok", "in co"}, {outcome(function()
+      local co = coroutine.wrap(function()
+        setmetatable({}, {__gc = function() isolate.exit("in co") end})
+        collectgarbage()
+        while true do end
+      end)
+      co()
+    end)})
+  end)
+
+  it("leave pcall working as usual afterwards: nothing re-raises ordinary errors", function()
+    -- a finalizer's exit is pending; the exit, not a changed pcall, is what ends it
+    assert.same({"error", "exit", "Computation ended without result"}, {outcome(function()
+      setmetatable({}, {__gc = function() os.exit() end})
+      collectgarbage()
+      local ok = pcall(error, "x")
+      return ok
+    end)})
+    -- without any exit, pcall catches whatever happens in finalizers and loaders
+    assert.same({"ok", false, "x", nil}, {outcome(function()
+      local r = table.pack(pcall(error, "x", 0))
+      local f = load(function() return nil end)
+      return r[1], r[2], f == nil and nil or nil
+    end)})
+  end)
+
+  it("let cleanup code protect itself: pcall in a __close handler catches while the exit unwinds", function()
+    local path, read = marker()
+    assert.same({"error", "exit", "Computation ended without result"}, {outcome(function()
+      local _ <close> = setmetatable({}, {__close = function()
+        local ok, e = pcall(error, "inner", 0)
+        local ok2 = xpcall(error, function(m) return m end, "again")
+        local f = io.open(path, "w"); f:write(tostring(ok), " ", e, " ", tostring(ok2), " done"); f:close()
+      end})
+      pcall(os.exit)
+    end)})
+    assert.equal("false inner false done", read())
+  end)
+
+  it("are not caught by the pcalls that were running when they began, at any depth", function()
+    local path, read = marker()
+    assert.same({"ok", "out"}, {outcome(function()
+      local function deep(n)
+        if n == 0 then isolate.exit("out") end
+        local ok, e = pcall(deep, n - 1)
+        local f = io.open(path, "w"); f:write("caught ", tostring(e)); f:close()
+        return ok
+      end
+      deep(50)
+      return "not this"
+    end)})
+    assert.is_nil(read())
+  end)
+
+  it("close what a coroutine run by coroutine.resume left open", function()
+    local path, read = marker()
+    assert.same({"error", "exit", "Computation ended without result"}, {outcome(function()
+      local co = coroutine.create(function()
+        local _ <close> = setmetatable({}, {__close = function()
+          local f = io.open(path, "w"); f:write("closed"); f:close()
+        end})
+        os.exit()
+      end)
+      coroutine.resume(co)
+      return "not reached"
+    end)})
+    assert.equal("closed", read())
+    -- nested coroutines, each with its own variable
+    path, read = marker()
+    assert.same({"ok", 3}, {outcome(function()
+      local closed = 0
+      local function note() closed = closed + 1; local f = io.open(path, "w"); f:write(closed); f:close() end
+      local function level(n)
+        local _ <close> = setmetatable({}, {__close = note})
+        if n == 0 then isolate.exit(3) end
+        local co = coroutine.create(level)
+        coroutine.resume(co, n - 1)
+      end
+      level(2)
+    end)})
+    assert.equal("3", read())
+  end)
+
+  it("from a finalizer while the state closes change nothing", function()
+    assert.same({"ok", "result"}, {outcome(function()
+      setmetatable({}, {__gc = function() isolate.exit("from __gc") end})
+      return "result"
+    end)})
+    assert.same({"error", "exit", "Computation ended without result"}, {outcome(function()
+      setmetatable({}, {__gc = function() isolate.exit("from __gc") end})
+      os.exit()
+    end)})
+  end)
+end)
