@@ -64,18 +64,21 @@ valgrind: all
 	$(call specs,ISOLATE_SPEC_UNDER_TOOL=1 valgrind -q --error-exitcode=99 --leak-check=full \
 		--show-leak-kinds=definite --errors-for-leak-kinds=definite $(LUA),)
 
-# libFuzzer on the decoder: FUZZ_SECONDS of random inputs, seeded with
-# fuzz/corpus; new inputs that reach new code are kept in $(BUILD)/corpus.
+# libFuzzer on the codec: FUZZ_SECONDS of inputs up to 1 MB, guided by a
+# dictionary of the format's tags, seeded by fuzz/seeds.lua (messages of
+# the current format, small and large); inputs that reach new code are
+# kept in $(BUILD)/corpus.
 FUZZ_SECONDS ?= 60
 $(BUILD)/fuzz/decode: fuzz/decode_fuzz.c src/codec.c src/names.c src/buffer.c $(HDR)
 	@mkdir -p $(dir $@)
 	$(SAN_CC) $(SAN_FLAGS) -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-		$(LUA_INC) -Isrc -o $@ fuzz/decode_fuzz.c src/codec.c src/names.c src/buffer.c $(LUA_LIB)
+		$(WARN) $(LUA_INC) -Isrc -o $@ fuzz/decode_fuzz.c src/codec.c src/names.c src/buffer.c $(LUA_LIB)
 
-fuzz: $(BUILD)/fuzz/decode
-	@mkdir -p $(BUILD)/corpus
-	$(BUILD)/fuzz/decode -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=5 \
-		$(BUILD)/corpus fuzz/corpus
+fuzz: $(BUILD)/fuzz/decode all
+	@mkdir -p $(BUILD)/corpus $(BUILD)/seeds
+	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) fuzz/seeds.lua $(BUILD)/seeds
+	$(BUILD)/fuzz/decode -max_total_time=$(FUZZ_SECONDS) -max_len=1048576 -timeout=10 \
+		-dict=fuzz/codec.dict -print_final_stats=1 $(BUILD)/corpus $(BUILD)/seeds
 
 $(BUILD)/benchlib.so: bench/benchlib.c
 	@mkdir -p $(dir $@)

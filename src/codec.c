@@ -666,7 +666,7 @@ static inline size_t available (Decoder *d) {
 }
 
 static inline const unsigned char *take (Decoder *d, size_t n) {
-  const unsigned char *p;
+  const unsigned char *p = NULL;
   if (n > available(d) || (p = reader_take(d->r, n)) == NULL)
     bad(d, "truncated input");
   return p;
@@ -698,7 +698,7 @@ static int get_varint (Reader *r, uint64_t *v) {
 }
 
 static uint64_t varint (Decoder *d) {
-  uint64_t v;
+  uint64_t v = 0;
   if (available(d) == 0 || !get_varint(d->r, &v) || d->r->pos > d->end - d->promised)
     bad(d, "truncated or overlong length");
   return v;
