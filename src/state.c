@@ -145,13 +145,13 @@ static int unwind (lua_State *L) {
 
 /*
 ** Is this call inside a finalizer?  Lua names a function that the GC
-** calls the metamethod "__gc".  (lua_getstack walks from the top, so
-** this looks no deeper than a finalizer is likely to be.)
+** calls the metamethod "__gc".  A finalizer is near the top of the stack;
+** the walk stops at 1000 levels, as each lua_getstack walks from the top.
 */
 static int infinalizer (lua_State *L) {
   lua_Debug ar;
   int level;
-  for (level = 1; level <= 64 && lua_getstack(L, level, &ar); level++) {
+  for (level = 1; level <= 1000 && lua_getstack(L, level, &ar); level++) {
     lua_getinfo(L, "n", &ar);
     if (ar.namewhat != NULL && strcmp(ar.namewhat, "metamethod") == 0 &&
         ar.name != NULL && strcmp(ar.name, "__gc") == 0)
