@@ -58,14 +58,15 @@ describe("Ctrl-C", function()
   local function interrupt(mode)
     local p = sub.start("spec/scenario/interrupt.lua", {mode}, {timeout = 6})
     local pid = tonumber((sub.readline(p) or ""):match("^ready (%d+)$"))
-    local sent
+    local sent, killed, why
     if pid then
       os.execute("sleep 0.5")		-- well into the wait
       sent = posix.monotonic()
-      assert(posix.kill(pid, "INT"))
+      killed, why = posix.kill(pid, "INT")
     end
-    local r = sub.finish(p)
+    local r = sub.finish(p)		-- whatever happened, so that nothing is left behind
     assert.is_not_nil(pid, "no \"ready PID\" line\n" .. r.report)
+    assert.is_true(killed, tostring(why) .. "\n" .. r.report)
     r.after = posix.monotonic() - sent
     return r
   end

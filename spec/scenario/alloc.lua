@@ -254,4 +254,4 @@ print(string.format("%s: %d requests to fail; %d steps: %d succeeded%s, %d memor
   part, N, stats.steps, stats.ok + stats.absorbed, more, stats.memory, #failures))
 for i = 1, math.min(#failures, 20) do print(failures[i]) end
 if #failures > 20 then print("...") end
-os.exit(#failures == 0 and 0 or 1)
+os.exit(#failures == 0 and 0 or 1, true)	-- closing the state, for leak checkers
