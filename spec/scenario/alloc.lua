@@ -243,6 +243,10 @@ else
   os.exit(2)
 end
 
+if stats.memory == 0 then	-- nothing was tested
+  failures[#failures + 1] = "no step raised a memory error: the failures never reached the step"
+end
+
 local more = ""
 if part ~= "isolate" then
   more = string.format(" (%d although a request failed)", stats.absorbed)
