@@ -49,19 +49,15 @@ local function quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
--- A sanitizer's options for the subprocess: those of this run with 'extra'
--- appended.  TSan, by default, kills a forked child of a threaded process
--- as soon as it starts a thread, which a child with a pool must do.
-local function sanitizer_env(extra)
+-- The sanitizers' options for the subprocess: this run's, and for TSan,
+-- which by default kills the forked child of a threaded process as soon
+-- as it starts a thread (as a child with a pool must), die_after_fork=0.
+local function sanitizer_env()
   local env = {}
-  for _, name in ipairs{"ASAN_OPTIONS", "TSAN_OPTIONS"} do
-    local v = os.getenv(name)
-    if v ~= nil then
-      local more = name == "TSAN_OPTIONS" and "die_after_fork=0" or nil
-      if extra and extra[name] then more = (more and more .. ":" or "") .. extra[name] end
-      if more then v = (v ~= "" and v .. ":" or "") .. more end
-      env[#env + 1] = name .. "=" .. quote(v)
-    end
+  local asan, tsan = os.getenv("ASAN_OPTIONS"), os.getenv("TSAN_OPTIONS")
+  if asan then env[#env + 1] = "ASAN_OPTIONS=" .. quote(asan) end
+  if tsan then
+    env[#env + 1] = "TSAN_OPTIONS=" .. quote((tsan ~= "" and tsan .. ":" or "") .. "die_after_fork=0")
   end
   return table.concat(env, " ")
 end
@@ -73,14 +69,13 @@ caller reads (p.out), its stderr in a file.  Options:
                default 20
   interpreter  default M.interpreter()
   ulimit_v     a limit on address space, in KiB (ulimit -v)
-  env          sanitizer options to add: {ASAN_OPTIONS = "..."}
 ]]
 function M.start(script, args, opts)
   opts = opts or {}
   local errfile = os.tmpname()
-  local cmd = string.format("%s%s LUA_PATH_5_4=%s LUA_CPATH_5_4=%s timeout -k 2 %s %s %s",
+  local cmd = string.format("%senv %s LUA_PATH_5_4=%s LUA_CPATH_5_4=%s timeout -k 2 %s %s %s",
     opts.ulimit_v and ("ulimit -v " .. math.tointeger(opts.ulimit_v) .. " && ") or "",
-    "env " .. sanitizer_env(opts.env), quote(M.path), quote(M.cpath),
+    sanitizer_env(), quote(M.path), quote(M.cpath),
     tostring(opts.timeout or 20), quote(opts.interpreter or M.interpreter()), quote(script))
   for _, a in ipairs(args or {}) do cmd = cmd .. " " .. quote(a) end
   cmd = cmd .. " 2>" .. quote(errfile)
@@ -103,7 +98,8 @@ Read the rest of the output and wait for the end.  Returns a record:
   signal           the signal that ended it, or nil
   timedout         true if timeout(1) had to end it
   seconds          from start to end
-  status           all that as words, for messages
+  status           how it ended, in words
+  report           the status and both outputs, for a failed assertion
 ]]
 function M.finish(p)
   local r = {}
