@@ -16,8 +16,8 @@ local cases = {
     local function f(n) return 1 + f(n + 1) end
     return f(1)
   end, "error", "stack overflow"},
-  -- C's: each level is a C call (the __index function of a table that
-  -- __index leads to), until Lua's limit on nested C calls.  A worker
+  -- C's: each level is a metamethod call, which nests the Lua VM once
+  -- more on the C stack, until Lua's limit on nested C calls.  A worker
   -- thread's stack must be deep enough for that limit.
   cstack = {function()
     local t = setmetatable({}, {})
