@@ -22,6 +22,21 @@ LUA_LIB ?= -llua5.4
 
 all: $(BUILD)/isolate/core.so
 
+# What the specs need besides the core, plain in every run: a small C
+# module for the process specs (fork, waitpid, kill), and a host
+# interpreter whose allocations fail on request (spec/host.c) for the
+# allocation specs.  The TSan run uses its own host instead.
+SPEC_POSIX = $(BUILD)/spec/posix.so
+SPEC_HOST = $(BUILD)/host
+
+$(SPEC_POSIX): spec/posix.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC -shared -o $@ $<
+
+$(SPEC_HOST): spec/host.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -o $@ $< $(LUA_LIB)
+
 $(BUILD)/isolate/core.so: $(SRC) $(HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC -shared -o $@ $(SRC) -lpthread
@@ -32,7 +47,7 @@ $(BUILD)/isolate/core.so: $(SRC) $(HDR)
 # $(call specs,INTERPRETER (with its environment),BUSTED ARGUMENTS)
 specs = @{ $(1) /usr/bin/busted $(2) -o TAP; echo "\# exit status $$?"; } | $(LUA) spec/summary.lua
 
-test: all
+test: all $(SPEC_POSIX) $(SPEC_HOST)
 	$(call specs,$(LUA),)
 
 $(BUILD)/asan/isolate/core.so: $(SRC) $(HDR)
@@ -47,7 +62,7 @@ $(BUILD)/tsan/isolate/core.so: $(SRC) $(HDR)
 # ISOLATE_SPEC_UNDER_TOOL: the spec that runs 300 isolates skips its check
 # of resident memory, which under ASan or valgrind measures the tool (its
 # quarantine, its allocator); their leak checks at exit stand in for it.
-asan: $(BUILD)/asan/isolate/core.so
+asan: $(BUILD)/asan/isolate/core.so $(SPEC_POSIX) $(SPEC_HOST)
 	$(call specs,ISOLATE_SPEC_UNDER_TOOL=1 LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(LUA),--cpath="$(BUILD)/asan/?.so")
 
@@ -55,12 +70,12 @@ asan: $(BUILD)/asan/isolate/core.so
 # main): an instrumented host interpreter (spec/host.c) runs busted instead.
 $(BUILD)/tsan/host: spec/host.c
 	@mkdir -p $(dir $@)
-	$(SAN_CC) -O1 -g -fsanitize=thread $(LUA_INC) -o $@ $< $(LUA_LIB)
+	$(SAN_CC) -O1 -g -fsanitize=thread $(WARN) $(LUA_INC) -o $@ $< $(LUA_LIB)
 
-tsan: $(BUILD)/tsan/isolate/core.so $(BUILD)/tsan/host
+tsan: $(BUILD)/tsan/isolate/core.so $(BUILD)/tsan/host $(SPEC_POSIX)
 	$(call specs,TSAN_OPTIONS=halt_on_error=1 $(BUILD)/tsan/host,--cpath="$(BUILD)/tsan/?.so")
 
-valgrind: all
+valgrind: all $(SPEC_POSIX) $(SPEC_HOST)
 	$(call specs,ISOLATE_SPEC_UNDER_TOOL=1 valgrind -q --error-exitcode=99 --leak-check=full \
 		--show-leak-kinds=definite --errors-for-leak-kinds=definite $(LUA),)
 

@@ -1,0 +1,37 @@
+-- Allocation failures at every point of a step, in the caller's state
+-- and in an isolate's.  The steps run in spec/scenario/alloc.lua, in a
+-- subprocess of the host interpreter (spec/host.c), whose allocator fails
+-- on request; see there for what each step checks.
+local core = require "isolate.core"
+local sub = dofile("spec/subprocess.lua")
+
+-- alloc.lua PART in a subprocess; its summary is the first line of output
+local function alloc(part)
+  local r = sub.run("spec/scenario/alloc.lua", {part}, {timeout = 20, interpreter = sub.host()})
+  assert.equal(0, r.code, r.report)
+  assert.matches("^" .. part .. ": %d+ requests to fail; %d+ steps: .* 0 failed\n", r.stdout)
+end
+
+describe("an allocation that fails", function()
+  describe("in the caller's state, at each request in turn, makes a memory error or nothing of", function()
+    it("isolate.run of a closure with a graph of values", function()
+      alloc("run")
+    end)
+
+    it("isolate.spawn and task:await of the same", function()
+      alloc("spawn")
+    end)
+
+    it("isolate.decode(isolate.encode(...), {trusted = true}) of the same", function()
+      alloc("codec")
+    end)
+  end)
+
+  it("in an isolate, at each allocation of its job in turn, makes a RemoteError for memory", function()
+    if core._failalloc == nil then
+      pending("needs the core's _failalloc(n), not in this core")
+      return
+    end
+    alloc("isolate")
+  end)
+end)
