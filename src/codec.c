@@ -209,7 +209,7 @@ static int fail (Encoder *e, const char *what) {
   lua_State *L = e->L;
   int i = (e->role == ROLE_CALL && e->depth > 1 && e->path[0].n == 1);
   int n = 1;
-  luaL_checkstack(L, 4 * PATH_ENDS + 16, "isolate: path too long to report");
+  isolate_checkstack(L, 4 * PATH_ENDS + 16);
   lua_pushfstring(L, "isolate: %s", what);
   if (e->depth == 0) return lua_error(L);
   lua_pushliteral(L, " (");
@@ -266,7 +266,7 @@ static void step (Encoder *e, int kind, int idx, lua_Integer n,
 static void enter (Encoder *e) {
   if (++e->nest > ISOLATE_MAXDEPTH)
     fail(e, "value nested too deeply (more than " LEVELS " levels)");
-  luaL_checkstack(e->L, 8, "isolate: value nested too deeply");
+  isolate_checkstack(e->L, 8);
 }
 
 #define leave(e)	((e)->nest--)
@@ -606,7 +606,7 @@ void codec_encode (lua_State *L, Buffer *b, int first, int n, Role role) {
   e.nused = 0;
   e.nest = 0;
   e.depth = 0;
-  luaL_checkstack(L, 8, NULL);
+  isolate_checkstack(L, 8);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   e.globals = top + 1;
   lua_settop(L, top + 4);	/* three lookup tables, made when first needed */
@@ -727,7 +727,7 @@ static const char *rawstring (Decoder *d, size_t *len) {
 static void dec_enter (Decoder *d) {
   if (++d->depth > ISOLATE_MAXDEPTH)
     bad(d, "value nested too deeply (more than " LEVELS " levels)");
-  luaL_checkstack(d->L, 8, "isolate: value nested too deeply");
+  isolate_checkstack(d->L, 8);
 }
 
 #define dec_leave(d)	((d)->depth--)
@@ -1000,7 +1000,7 @@ int codec_decode (lua_State *L, Reader *r, int flags) {
                p[sizeof(magic) - 1], magic[sizeof(magic) - 1]);
   n = varint(&d);
   offset = get_le(take(&d, OFFSET_SIZE), OFFSET_SIZE);
-  luaL_checkstack(L, 8, NULL);
+  isolate_checkstack(L, 8);
   lua_pushnil(L);		/* 'refs', made when first needed */
   d.refs = top + 1;
   lua_pushnil(L);		/* 'names' */
@@ -1010,8 +1010,9 @@ int codec_decode (lua_State *L, Reader *r, int flags) {
     d.end = start + (size_t)offset;
   }
   promise(&d, n, "more values than input");
-  if (n > INT_MAX - 8 || !lua_checkstack(L, (int)n + 8))
+  if (n > LUAI_MAXSTACK / 2)
     luaL_error(L, "isolate: too many values to decode (%I)", (LUAI_UACINT)n);
+  isolate_checkstack(L, (int)n + 8);
   for (i = 0; i < n; i++) decode_next(&d);
   if (offset != 0 && (r->pos != d.end || !reader_skip(r, names)))
     bad(&d, "bad names offset");

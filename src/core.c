@@ -162,7 +162,7 @@ static int replay (lua_State *L, int ti) {
   lua_getfield(L, -1, "n");
   n = (int)lua_tointeger(L, -1);
   lua_pop(L, 1);
-  luaL_checkstack(L, n, "isolate: too many results");
+  isolate_checkstack(L, n);
   for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
   return n;
 }

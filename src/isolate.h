@@ -55,6 +55,19 @@
 #define ISOLATE_WAIT_MS		10
 #endif
 
+/*
+** Room for 'n' more values on the stack, or Lua's memory error.  The depth
+** limits keep stacks far below their maximum, so a failure to grow one is
+** a failure to allocate.  (lua_error raises LUA_ERRMEM for the very string
+** "not enough memory", which Lua keeps preallocated.)
+*/
+static inline void isolate_checkstack (lua_State *L, int n) {
+  if (!lua_checkstack(L, n)) {
+    lua_pushliteral(L, "not enough memory");
+    lua_error(L);
+  }
+}
+
 /* names of the metatables that the core registers */
 #define ISOLATE_TASK		"isolate.Task"
 #define ISOLATE_REMOTEERROR	"isolate.RemoteError"

@@ -132,7 +132,7 @@ static int encode_value (lua_State *L) {
 void message_putfailure (lua_State *L, Buffer *b, const char *kind,
                          const char *message, int value, int traceback) {
   int top = lua_gettop(L);
-  luaL_checkstack(L, 8, NULL);
+  isolate_checkstack(L, 8);
   lua_pushstring(L, kind);
   if (message != NULL) lua_pushstring(L, message);
   else pushtext(L, value);
@@ -170,7 +170,7 @@ static int decode_value (lua_State *L) {
 void message_pushfailure (lua_State *L, Reader *r) {
   static const char *const fields[] = {"kind", "message", "traceback"};
   int i, top = lua_gettop(L);
-  luaL_checkstack(L, 8, NULL);
+  isolate_checkstack(L, 8);
   if (r->left == 0) {		/* not even the record fitted in memory */
     lua_pushliteral(L, "memory");
     lua_pushliteral(L, "not enough memory");

@@ -64,7 +64,7 @@ static int searchable (lua_State *L, int pkg, const char *mod, const char *field
 /* can 'mod' be required where package.preload and the paths are ours? */
 static int loadable (lua_State *L, const char *mod) {
   int top = lua_gettop(L), ok = 0;
-  luaL_checkstack(L, 8, NULL);
+  isolate_checkstack(L, 8);
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushliteral(L, "package");
   if (lua_rawget(L, -2) == LUA_TTABLE) {
@@ -126,7 +126,7 @@ static void offer (lua_State *L, int t) {
 
 
 void names_open (lua_State *L, Names *n) {
-  luaL_checkstack(L, 4, NULL);
+  isolate_checkstack(L, 4);
   lua_pushnil(L);
   n->tables = lua_gettop(L);
   lua_pushnil(L);
@@ -139,7 +139,7 @@ void names_open (lua_State *L, Names *n) {
 static void scan_tables (lua_State *L, Names *n) {
   lua_newtable(L);
   lua_replace(L, n->tables);
-  luaL_checkstack(L, 8, NULL);
+  isolate_checkstack(L, 8);
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (lua_next(L, -2)) {	/* name at -2, module at -1 */
@@ -169,7 +169,7 @@ static void scan_tables (lua_State *L, Names *n) {
 
 /* a fresh cache of the names of every C function of a loaded module */
 static void scan_cfuncs (lua_State *L, Names *n) {
-  luaL_checkstack(L, 12, NULL);
+  isolate_checkstack(L, 12);
   lua_newtable(L);
   lua_createtable(L, 0, 1);
   lua_pushliteral(L, "k");

@@ -17,7 +17,7 @@ local CHILD_SECONDS = 5		-- then SIGALRM ends a child that hangs
 
 io.stdout:setvbuf("no")
 local function say(check, verdict)	-- one write per line: children share the pipe
-  io.stdout:write(check, ": ", verdict == true and "ok" or tostring(verdict), "\n")
+  io.stdout:write(check .. ": " .. (verdict == true and "ok" or tostring(verdict)) .. "\n")
 end
 
 assert(isolate.run(function() return 1 end) == 1, "the pool does not run")
