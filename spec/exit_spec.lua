@@ -94,6 +94,39 @@ describe("exits", function()
     end)})
   end)
 
+  it("end the isolate when a finalizer's exit is swallowed wherever the finalizer runs", function()
+    local ended = {"error", "exit", "Computation ended without result"}
+    -- in a coroutine whose body is a C function: no Lua runs there after it
+    assert.same(ended, {outcome(function()
+      setmetatable({}, {__gc = function() os.exit() end})
+      coroutine.wrap(collectgarbage)()
+      while true do end
+    end)})
+    -- deep in calls made by the finalizer
+    assert.same(ended, {outcome(function()
+      local function deep(n) if n == 0 then os.exit() end local r = deep(n - 1) return r end
+      setmetatable({}, {__gc = function() deep(2000) end})
+      collectgarbage()
+      while true do end
+    end)})
+    -- in a coroutine that the finalizer runs
+    assert.same(ended, {outcome(function()
+      setmetatable({}, {__gc = function() coroutine.wrap(function() os.exit() end)() end})
+      collectgarbage()
+      while true do end
+    end)})
+    -- in a coroutine run by coroutine.resume, handing back to its resumer
+    assert.same({"ok", "in resume"}, {outcome(function()
+      local co = coroutine.create(function()
+        setmetatable({}, {__gc = function() isolate.exit("in resume") end})
+        collectgarbage()
+        coroutine.yield()
+      end)
+      coroutine.resume(co)
+      while true do end
+    end)})
+  end)
+
   it("leave pcall working as usual afterwards: nothing re-raises ordinary errors", function()
     -- a finalizer's exit is pending; the exit, not a changed pcall, is what ends it
     assert.same({"error", "exit", "Computation ended without result"}, {outcome(function()
@@ -165,6 +198,22 @@ describe("exits", function()
       level(2)
     end)})
     assert.equal("3", read())
+  end)
+
+  it("keep a coroutine they leave through coroutine.resume alive while it closes", function()
+    for _ = 1, 20 do
+      assert.same({"error", "exit", "Computation ended without result"}, {outcome(function()
+        coroutine.resume(coroutine.create(function()
+          local _ <close> = setmetatable({}, {__close = function()
+            coroutine.wrap(function() collectgarbage() collectgarbage() end)()
+            local t = {}
+            for i = 1, 1000 do t[i] = {i} end
+          end})
+          os.exit()
+        end))
+        return "not reached"
+      end)})
+    end
   end)
 
   it("from a finalizer while the state closes change nothing", function()

@@ -258,6 +258,15 @@ describe("names", function()
     assert.equal("[1]", isolate.run(function() return json.encode({1}) end))
   end)
 
+  it("rank the base library (_G) as a standard library", function()
+    package.loaded.x = {ts = tostring}     -- a short alias nothing can load
+    local ts = tostring
+    local ok, r = pcall(isolate.run, function() return ts(42) end)
+    package.loaded.x = nil
+    assert.is_true(ok, tostring(r))
+    assert.equal("42", r)
+  end)
+
   it("choose the shortest, then the first in byte order, when nothing else decides", function()
     local m = {}
     package.loaded["zz.long.name"] = m

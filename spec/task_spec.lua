@@ -175,6 +175,30 @@ describe("a task's results", function()
     assert.equal(r, task:await())
   end)
 
+  it("survive an await re-entered while the first await takes them from the task", function()
+    local bad, armed, current = 0, false, nil
+    local function bomb()
+      setmetatable({}, {__gc = function()
+        if armed then armed = false; pcall(current.await, current) end
+        bomb()
+      end})
+    end
+    bomb()
+    collectgarbage("generational")
+    for trial = 1, 500 do
+      local t = isolate.spawn(function() return "result" end)
+      while not t:done() do end
+      current = t
+      for _ = 1, trial % 11 do local _ = {} end
+      armed = true
+      local ok, r = pcall(t.await, t)
+      armed = false
+      if not ok or r ~= "result" then bad = bad + 1 end
+    end
+    collectgarbage("incremental")
+    assert.equal(0, bad)
+  end)
+
   it("survive an explicit __gc of the task while they are decoded", function()
     local task = isolate.spawn(big)
     for _ = 1, 300 do setmetatable({}, {__gc = function() getmetatable(task).__gc(task) end}) end
@@ -242,6 +266,16 @@ describe("task:await(timeout)", function()
     assert.equal(err.message, tostring(err))
     assert.equal("late", task:await())
     assert.equal("late", task:await(0))
+  end)
+
+  it("times out inside an isolate on a task that is still queued", function()
+    local ok, kind = isolate.run(function()
+      local t = isolate.spawn(function() local t0 = os.clock() while os.clock() - t0 < 2 do end end)
+      local ok, e = pcall(t.await, t, 0.05)
+      return ok, getmetatable(e) == isolate.TimeoutError and "TimeoutError" or tostring(e)
+    end)
+    assert.is_false(ok)
+    assert.equal("TimeoutError", kind)
   end)
 
   it("checks its argument", function()

@@ -106,24 +106,20 @@ static int timedout (lua_State *L, Task *t, double timeout) {
 /*
 ** Push the output buffer of the task at 'ti', waiting for its job to end
 ** (at most 'timeout' seconds; < 0: no limit).  The wait goes in slices,
-** and a hook set meanwhile (the standalone interpreter's answer to Ctrl-C)
-** gets a call to run in, so an interrupt raises its error here at once.
+** and a hook that is set (the standalone interpreter's answer to Ctrl-C,
+** maybe posted while the arguments were encoded) gets a call to run in,
+** once at the start and again whenever it changes, so an interrupt raises
+** its error here at once.
 ** Lua code may run there, and finalizers in any allocation: the task may
 ** have been taken (re-entered await) or closed (__gc) on return of either.
 */
 static Buffer *output (lua_State *L, int ti, double timeout) {
   Task *t = (Task *)lua_touserdata(L, ti);
-  lua_Hook hook = lua_gethook(L);
-  int mask = lua_gethookmask(L), count = lua_gethookcount(L);
+  lua_Hook hook = NULL;		/* a hook set before the wait runs first */
+  int mask = 0, count = 0;
   double deadline = timeout >= 0 ? now() + timeout : 0;
   Buffer *b;
   for (;;) {
-    if (lua_getiuservalue(L, ti, OUTPUT) == LUA_TUSERDATA)
-      return (Buffer *)lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    if (t->job == NULL) luaL_error(L, "isolate: task is closed");
-    if (pool_wait(t->pool, t->job, ISOLATE_WAIT_MS)) break;
-    if (timeout >= 0 && now() >= deadline) timedout(L, t, timeout);
     if (lua_gethook(L) != hook || lua_gethookmask(L) != mask ||
         lua_gethookcount(L) != count) {
       hook = lua_gethook(L);
@@ -132,6 +128,12 @@ static Buffer *output (lua_State *L, int ti, double timeout) {
       luaL_loadbuffer(L, "return", 6, "=(isolate wait)");
       lua_call(L, 0, 0);	/* call, line and count hooks all see it */
     }
+    if (lua_getiuservalue(L, ti, OUTPUT) == LUA_TUSERDATA)
+      return (Buffer *)lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (t->job == NULL) luaL_error(L, "isolate: task is closed");
+    if (pool_wait(t->pool, t->job, ISOLATE_WAIT_MS, timeout < 0)) break;
+    if (timeout >= 0 && now() >= deadline) timedout(L, t, timeout);
   }
   b = buffer_push(L);
   if (lua_getiuservalue(L, ti, OUTPUT) == LUA_TUSERDATA) {	/* taken meanwhile */
@@ -181,6 +183,7 @@ static int collect (lua_State *L, int ti, int keep, double timeout) {
   int n, base, i;
   if (keep && (n = replay(L, ti)) >= 0) return n;
   b = output(L, ti, timeout);
+  if (keep && (n = replay(L, ti)) >= 0) return n;	/* a re-entered await did it */
   base = lua_gettop(L);
   t->readers++;
   reader_init(&r, b);

@@ -33,7 +33,7 @@ static const char pins_key = 0;		/* registry: pinned table -> name */
 */
 
 static int isstdlib (const char *mod) {
-  static const char *const libs[] = {"coroutine", "debug", "io", "math",
+  static const char *const libs[] = {"_G", "coroutine", "debug", "io", "math",
     "os", "package", "string", "table", "utf8", NULL};
   int i;
   for (i = 0; libs[i] != NULL; i++)

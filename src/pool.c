@@ -458,7 +458,7 @@ static int unqueue (Pool *p, Job *j) {
 }
 
 
-int pool_wait (Pool *p, Job *j, long ms) {
+int pool_wait (Pool *p, Job *j, long ms, int runs) {
   Worker *w;
   struct timespec deadline;
   int ended;
@@ -471,7 +471,7 @@ int pool_wait (Pool *p, Job *j, long ms) {
            unqueue(p, j);
     pthread_mutex_unlock(&p->mu);
     if (mine) {		/* drops the queue's reference; the caller's remains */
-      if (stack_left(w) >= ISOLATE_INLINE_STACK) {
+      if (runs && stack_left(w) >= ISOLATE_INLINE_STACK) {
         execute(p, j, state_new());
         return 1;
       }

@@ -38,10 +38,11 @@ void pool_submit (Pool *p, Job *j);
 
 /*
 ** Wait up to 'ms' milliseconds for 'j' to end; true if it has.  A worker
-** of the pool that waits for a job still in the queue runs it itself (or,
-** when its own C stack is running low, has a new thread run it), so that
-** nested isolates never deadlock.
+** of the pool that waits for a job still in the queue runs it itself, if
+** 'runs' and its own C stack has room, or else has a new thread run it,
+** so that nested isolates never deadlock.  (A caller with a deadline
+** cannot run the job itself: it would not be back in time.)
 */
-int pool_wait (Pool *p, Job *j, long ms);
+int pool_wait (Pool *p, Job *j, long ms, int runs);
 
 #endif

@@ -23,9 +23,9 @@
 ** usual.  An exit that Lua cannot unwind from where it was asked (a
 ** finalizer, a load reader, a __close run by coroutine.close: those
 ** callers swallow errors) is raised again as soon as control is back in
-** Lua code of the isolate: by the wrappers of load and coroutine.close, and
-** for a finalizer by a one-shot count hook on its thread (hooks do not
-** run inside finalizers, so it fires after them).  A C module that catches
+** Lua code of the isolate: by the wrappers of load, coroutine.close and
+** coroutine.resume, and for a finalizer, whose error the GC reports as a
+** warning, by one-shot count hooks (warnf).  A C module that catches
 ** errors with its own lua_pcall can still stop an exit.
 */
 #define _POSIX_C_SOURCE 200809L	/* clock_gettime */
@@ -61,12 +61,16 @@ typedef struct Isolate {
   lua_Integer mark;		/* 'calls' when the exit began */
   unsigned long requests;	/* exits asked for (to see a swallowed one) */
   Buffer exitbuf;		/* isolate.exit's results */
+  lua_State *main;		/* the state's main thread */
+  lua_State *requester;		/* the thread that asked for the exit last */
+  int warning;			/* where the warning being written is (warnf) */
   size_t allocs, failat;	/* allocation-failure injection (tests) */
   size_t failsize;
 } Isolate;
 
 static const char exit_value = 0;	/* the error value that unwinds an exit */
 static const char msgh_key = 0;		/* registry: the message handler */
+static const char requester_key = 0;	/* registry: keeps 'requester' alive */
 
 #define EXITING(L)	lua_pushlightuserdata(L, (void *)&exit_value)
 #define ISEXIT(L,i)	(lua_touserdata(L, i) == (void *)&exit_value)
@@ -144,20 +148,26 @@ static int unwind (lua_State *L) {
 
 
 /*
-** Is this call inside a finalizer?  Lua names a function that the GC
-** calls the metamethod "__gc".  A finalizer is near the top of the stack;
-** the walk stops at 1000 levels, as each lua_getstack walks from the top.
+** The warnings of an isolate are dropped, but one is a sign: a finalizer
+** failed ("error in __gc (...)"), and if an exit is under way, the GC has
+** swallowed it.  Then the exit is raised again at the next instruction of
+** the thread that asked for it and of the main thread: one of the two
+** runs next, or a coroutine that hands control back through
+** coroutine.resume, which raises it too.
 */
-static int infinalizer (lua_State *L) {
-  lua_Debug ar;
-  int level;
-  for (level = 1; level <= 1000 && lua_getstack(L, level, &ar); level++) {
-    lua_getinfo(L, "n", &ar);
-    if (ar.namewhat != NULL && strcmp(ar.namewhat, "metamethod") == 0 &&
-        ar.name != NULL && strcmp(ar.name, "__gc") == 0)
-      return 1;
+static void warnf (void *ud, const char *msg, int tocont) {
+  Isolate *iso = (Isolate *)ud;
+  enum { START, ERROR_IN, OTHER };
+  if (iso->warning == START)
+    iso->warning = strcmp(msg, "error in ") == 0 ? ERROR_IN : OTHER;
+  else if (iso->warning == ERROR_IN) {
+    iso->warning = OTHER;
+    if (strcmp(msg, "__gc") == 0 && iso->exit != EXIT_NONE && !iso->final) {
+      lua_sethook(iso->main, exit_hook, LUA_MASKCOUNT, 1);
+      lua_sethook(iso->requester, exit_hook, LUA_MASKCOUNT, 1);
+    }
   }
-  return 0;
+  if (!tocont) iso->warning = START;
 }
 
 
@@ -179,12 +189,10 @@ static int request (lua_State *L, Isolate *iso, Exit how, int n) {
   if (iso->exit == EXIT_NONE) {
     iso->exit = how;
     iso->mark = iso->calls;
-    if (infinalizer(L)) {	/* the GC swallows the error: raise it later */
-      lua_sethook(L, exit_hook, LUA_MASKCOUNT, 1);
-      EXITING(L);
-      return lua_error(L);
-    }
   }
+  iso->requester = L;		/* for warnf; the registry keeps it alive */
+  lua_pushthread(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &requester_key);	/* no allocation */
   return unwind(L);
 }
 
@@ -253,28 +261,53 @@ static int isolate_xpcall (lua_State *L) {
 
 
 /*
+** Call the library function that the running wrapper stands for (upvalue
+** 1) with its arguments.  Called from C, it has no name of its own in its
+** errors ("bad argument #1 to '?'"): they get the wrapper's (upvalue 2).
+*/
+static void call_wrapped (lua_State *L, int first) {
+  int n = lua_gettop(L) - first + 1;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, first);
+  if (lua_pcall(L, n, LUA_MULTRET, 0) != LUA_OK) {
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      lua_pushfstring(L, "to '%s'", lua_tostring(L, lua_upvalueindex(2)));
+      luaL_gsub(L, lua_tostring(L, -2), "to '?'", lua_tostring(L, -1));
+    }
+    lua_error(L);
+  }
+}
+
+
+/*
 ** An exit that passes through coroutine.resume first closes what the
 ** dead coroutine left open (coroutine.wrap does the same for any error).
 */
 static int isolate_resume (lua_State *L) {
-  lua_Integer id = ++current(L)->calls;
+  Isolate *iso = current(L);
+  lua_Integer id = ++iso->calls;
+  unsigned long requests = iso->requests;
   lua_State *co = lua_tothread(L, 1);
-  int n = lua_gettop(L);
-  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);		/* keeps the coroutine alive while it closes */
   lua_insert(L, 1);
-  lua_call(L, n, LUA_MULTRET);
-  if (!lua_toboolean(L, 1) && (lua_settop(L, 2), passes(L, id))) {
-    int status = co != NULL ? lua_status(co) : LUA_OK;
-    if (status != LUA_OK && status != LUA_YIELD) {
+  call_wrapped(L, 2);
+  if (!lua_toboolean(L, 2)) {
+    lua_settop(L, 3);
+    if (passes(L, id)) {
+      int status = co != NULL ? lua_status(co) : LUA_OK;
+      if (status != LUA_OK && status != LUA_YIELD) {
 #if LUA_VERSION_RELEASE_NUM >= 50406
-      lua_closethread(co, L);
+        lua_closethread(co, L);
 #else
-      lua_resetthread(co);
+        lua_resetthread(co);
 #endif
+      }
+      return lua_error(L);
     }
-    return lua_error(L);
   }
-  return lua_gettop(L);
+  else if (iso->requests != requests && !iso->final)
+    return unwind(L);		/* asked for in there, and swallowed */
+  return lua_gettop(L) - 1;
 }
 
 
@@ -285,10 +318,7 @@ static int isolate_resume (lua_State *L) {
 static int isolate_swallower (lua_State *L) {
   Isolate *iso = current(L);
   unsigned long requests = iso->requests;
-  int n = lua_gettop(L);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, n, LUA_MULTRET);
+  call_wrapped(L, 1);
   if (iso->requests != requests && !iso->final) return unwind(L);
   return lua_gettop(L);
 }
@@ -325,10 +355,11 @@ static int msgh (lua_State *L) {
 }
 
 
-/* replace table[name] (table at -1) by 'f' with the old value as upvalue */
+/* replace table[name] (table at -1) by 'f', with the old value and name */
 static void wrap (lua_State *L, const char *name, lua_CFunction f) {
   lua_getfield(L, -1, name);
-  lua_pushcclosure(L, f, 1);
+  lua_pushstring(L, name);
+  lua_pushcclosure(L, f, 2);
   lua_setfield(L, -2, name);
 }
 
@@ -370,6 +401,10 @@ static int prepare (lua_State *L) {
   lua_pushnil(L);
   lua_pushcclosure(L, msgh, 1);		/* made here: state_run must not allocate */
   lua_rawsetp(L, LUA_REGISTRYINDEX, &msgh_key);
+  lua_pushthread(L);			/* the slot exists: request() cannot fail */
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &requester_key);
+  current(L)->main = current(L)->requester = L;
+  lua_setwarnf(L, warnf, current(L));
   return 0;
 }
 
