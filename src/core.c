@@ -90,7 +90,7 @@ static double now (void) {
 }
 
 
-/* raise an isolate.TimeoutError for the task at 'ti' */
+/* raise an isolate.TimeoutError: task t did not end within timeout seconds */
 static int timedout (lua_State *L, Task *t, double timeout) {
   lua_createtable(L, 0, 2);
   lua_pushfstring(L, "isolate: task %I did not end within %f seconds",
