@@ -127,6 +127,37 @@ describe("exits", function()
     end)})
   end)
 
+  it("end the isolate when a finalizer's exit is swallowed and a third coroutine runs on", function()
+    local ended = {"error", "exit", "Computation ended without result"}
+    assert.same(ended, {outcome(function()
+      coroutine.wrap(function()
+        setmetatable({}, {__gc = function() coroutine.wrap(function() os.exit() end)() end})
+        collectgarbage()
+        while true do end
+      end)()
+    end)})
+    assert.same(ended, {outcome(function()
+      coroutine.wrap(function()
+        setmetatable({}, {__gc = function() os.exit() end})
+        coroutine.wrap(collectgarbage)()
+        while true do end
+      end)()
+    end)})
+  end)
+
+  it("let cleanup run to its end when an unrelated finalizer fails meanwhile", function()
+    local path, read = marker()
+    assert.same({"error", "exit", "Computation ended without result"}, {outcome(function()
+      local _ <close> = setmetatable({}, {__close = function()
+        for _ = 1, 10 do setmetatable({}, {__gc = function() error("buggy finalizer") end}) end
+        pcall(collectgarbage)
+        local f = io.open(path, "w"); f:write("cleanup finished"); f:close()
+      end})
+      os.exit()
+    end)})
+    assert.equal("cleanup finished", read())
+  end)
+
   it("leave pcall working as usual afterwards: nothing re-raises ordinary errors", function()
     -- a finalizer's exit is pending; the exit, not a changed pcall, is what ends it
     assert.same({"error", "exit", "Computation ended without result"}, {outcome(function()

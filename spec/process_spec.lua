@@ -44,6 +44,10 @@ describe("a forked process", function()
     check("child await ended")
   end)
 
+  it("from inside an isolate ends when the isolate's function returns in the child", function()
+    check("child of an isolate ended")
+  end)
+
   it("still gets that task's real result in the parent", function()
     check("parent's task")
     check("parent runs")

@@ -267,6 +267,15 @@ describe("names", function()
     assert.equal("42", r)
   end)
 
+  it("skip names with a zero byte in them", function()
+    local m = {}
+    package.loaded["weird\0name"] = m
+    package.loaded["plain.name"] = m
+    local s = isolate.encode(m)
+    package.loaded["weird\0name"], package.loaded["plain.name"] = nil, nil
+    assert.matches("plain%.name$", s)
+  end)
+
   it("choose the shortest, then the first in byte order, when nothing else decides", function()
     local m = {}
     package.loaded["zz.long.name"] = m

@@ -199,6 +199,43 @@ describe("a task's results", function()
     assert.equal(0, bad)
   end)
 
+  it("are the same objects for an await re-entered while the first caches them", function()
+    local bad, armed, current, inner = 0, false, nil, nil
+    local function bomb()
+      setmetatable({}, {__gc = function()
+        if armed then
+          local ok, r = pcall(current.await, current)
+          if ok then inner = r; armed = false end
+        end
+        bomb()
+      end})
+    end
+    bomb()
+    collectgarbage("generational")
+    for trial = 1, 1000 do
+      local t = isolate.spawn(function() return {} end)
+      while not t:done() do end
+      current, inner = t, nil
+      for _ = 1, trial % 11 do local _ = {} end
+      armed = true
+      local ok, outer = pcall(t.await, t)
+      armed = false
+      if not ok or (inner and inner ~= outer) or t:await() ~= outer then bad = bad + 1 end
+    end
+    collectgarbage("incremental")
+    assert.equal(0, bad)
+  end)
+
+  it("are safe from user values replaced with the debug library", function()
+    local t = isolate.spawn(function() return 1 end)
+    debug.setuservalue(t, io.stdout, 2)
+    assert.equal(1, t:await())
+    local t2 = isolate.spawn(function() return 2 end)
+    t2:await()
+    debug.setuservalue(t2, "not a table", 1)
+    assert.has_error(function() t2:await() end, "isolate: the task's results were replaced")
+  end)
+
   it("survive an explicit __gc of the task while they are decoded", function()
     local task = isolate.spawn(big)
     for _ = 1, 300 do setmetatable({}, {__gc = function() getmetatable(task).__gc(task) end}) end
@@ -210,6 +247,7 @@ describe("a task's results", function()
     getmetatable(t2).__gc(t2)
     assert.has_error(function() t2:await() end, "isolate: task is closed")
     assert.equal("closed", t2:status())
+    assert.is_false(t2:done())
   end)
 
   it("are decoded after the modules they name are loaded, with no user code in between", function()
@@ -276,6 +314,32 @@ describe("task:await(timeout)", function()
     end)
     assert.is_false(ok)
     assert.equal("TimeoutError", kind)
+  end)
+
+  it("polls without starting threads, and at once with a timeout of 0", function()
+    local function threads()
+      for line in io.lines("/proc/self/status") do
+        local n = line:match("^Threads:%s*(%d+)")
+        if n then return tonumber(n) end
+      end
+    end
+    local before = threads()
+    local during = isolate.run(function(count)
+      local tasks = {}
+      for i = 1, 100 do tasks[i] = isolate.spawn(function() local t0 = os.clock() while os.clock() - t0 < 0.2 do end end) end
+      for _ = 1, 3 do
+        for i = 1, #tasks do pcall(tasks[i].await, tasks[i], 0) end
+      end
+      return count()
+    end, threads)
+    assert.is_true(during <= before + 2, "threads: " .. before .. " before, " .. during .. " while polling")
+    -- a wall clock: os.clock counts the CPU time of every thread
+    package.cpath = "build/spec/?.so;" .. package.cpath
+    local clock = require("posix").monotonic
+    local t = isolate.spawn(function() local t0 = os.clock() while os.clock() - t0 < 0.5 do end end)
+    local t0 = clock()
+    for _ = 1, 20 do pcall(t.await, t, 0) end
+    assert.is_true(clock() - t0 < 0.1, "20 polls took " .. (clock() - t0) .. " s")
   end)
 
   it("checks its argument", function()

@@ -26,25 +26,47 @@
 */
 
 /*
-** A Task owns its job until the job has ended; then its output moves to a
-** Buffer userdata, the task's user value 2, and the job is let go.  Whoever
-** decodes the output holds that userdata on its stack, so nothing frees it
-** under a decoder: not a re-entered await (a finalizer can run during any
-** allocation of the decoder), not an explicit __gc.  The decoded outcome is
-** user value 1: a table {n = n, ...} of the results, or the RemoteError.
+** A Task owns its job until the job has ended; then its output moves to an
+** Output userdata, the task's user value 2, and the job is let go.  Whoever
+** decodes the output holds that userdata on its stack and counts as one of
+** its readers, so nothing frees it under a decoder: not a re-entered await
+** (a finalizer can run during any allocation of the decoder), not an
+** explicit __gc.  The decoded outcome is user value 1: a table {n = n,
+** ...} of the results, or the RemoteError.
 */
 typedef struct Task {
   Job *job;			/* NULL once its output is taken, or after __gc */
   Pool *pool;
   unsigned long id;
   JobStatus status;		/* JOB_DONE or JOB_FAILED once taken */
-  int readers;			/* decodes of the output under way */
 } Task;
+
+typedef struct Output {
+  Buffer b;
+  int readers;			/* decodes of it under way */
+} Output;
 
 #define checktask(L)	((Task *)luaL_checkudata(L, 1, ISOLATE_TASK))
 
 #define OUTCOME		1	/* user values of a Task */
 #define OUTPUT		2
+
+#define ISOLATE_OUTPUT	"isolate.Output"
+
+
+static int output_gc (lua_State *L) {
+  buffer_free(&((Output *)luaL_checkudata(L, 1, ISOLATE_OUTPUT))->b);
+  return 0;
+}
+
+
+/* push the task's Output and return it, or NULL (nothing pushed) */
+static Output *getoutput (lua_State *L, int ti) {
+  Output *o;
+  lua_getiuservalue(L, ti, OUTPUT);
+  if ((o = (Output *)luaL_testudata(L, -1, ISOLATE_OUTPUT)) == NULL) lua_pop(L, 1);
+  return o;
+}
 
 
 static Pool *getpool (lua_State *L) {
@@ -113,13 +135,14 @@ static int timedout (lua_State *L, Task *t, double timeout) {
 ** Lua code may run there, and finalizers in any allocation: the task may
 ** have been taken (re-entered await) or closed (__gc) on return of either.
 */
-static Buffer *output (lua_State *L, int ti, double timeout) {
+static Output *output (lua_State *L, int ti, double timeout) {
   Task *t = (Task *)lua_touserdata(L, ti);
   lua_Hook hook = NULL;		/* a hook set before the wait runs first */
   int mask = 0, count = 0;
   double deadline = timeout >= 0 ? now() + timeout : 0;
-  Buffer *b;
+  Output *o;
   for (;;) {
+    long ms = ISOLATE_WAIT_MS;
     if (lua_gethook(L) != hook || lua_gethookmask(L) != mask ||
         lua_gethookcount(L) != count) {
       hook = lua_gethook(L);
@@ -128,27 +151,30 @@ static Buffer *output (lua_State *L, int ti, double timeout) {
       luaL_loadbuffer(L, "return", 6, "=(isolate wait)");
       lua_call(L, 0, 0);	/* call, line and count hooks all see it */
     }
-    if (lua_getiuservalue(L, ti, OUTPUT) == LUA_TUSERDATA)
-      return (Buffer *)lua_touserdata(L, -1);
-    lua_pop(L, 1);
+    if ((o = getoutput(L, ti)) != NULL) return o;
     if (t->job == NULL) luaL_error(L, "isolate: task is closed");
-    if (pool_wait(t->pool, t->job, ISOLATE_WAIT_MS, timeout < 0)) break;
+    if (timeout >= 0) {
+      double left = deadline - now();
+      if (left < (double)ms / 1000) ms = left > 0 ? (long)(left * 1000) : 0;
+    }
+    if (pool_wait(t->pool, t->job, ms, timeout < 0)) break;
     if (timeout >= 0 && now() >= deadline) timedout(L, t, timeout);
   }
-  b = buffer_push(L);
-  if (lua_getiuservalue(L, ti, OUTPUT) == LUA_TUSERDATA) {	/* taken meanwhile */
+  o = (Output *)lua_newuserdatauv(L, sizeof(Output), 0);
+  memset(o, 0, sizeof(Output));
+  luaL_setmetatable(L, ISOLATE_OUTPUT);
+  if (getoutput(L, ti) != NULL) {	/* taken meanwhile */
     lua_remove(L, -2);
-    return (Buffer *)lua_touserdata(L, -1);
+    return (Output *)lua_touserdata(L, -1);
   }
-  lua_pop(L, 1);
   if (t->job == NULL) luaL_error(L, "isolate: task is closed");
   lua_pushvalue(L, -1);
   lua_setiuservalue(L, ti, OUTPUT);
   t->status = job_status(t->pool, t->job);
-  job_take_output(t->job, b);
+  job_take_output(t->job, &o->b);
   job_release(t->pool, t->job);
   t->job = NULL;
-  return b;
+  return o;
 }
 
 
@@ -161,6 +187,7 @@ static int replay (lua_State *L, int ti) {
     return -1;
   }
   if (t->status == JOB_FAILED) return lua_error(L);	/* the RemoteError, again */
+  if (!lua_istable(L, -1)) luaL_error(L, "isolate: the task's results were replaced");
   lua_getfield(L, -1, "n");
   n = (int)lua_tointeger(L, -1);
   lua_pop(L, 1);
@@ -178,21 +205,21 @@ static int replay (lua_State *L, int ti) {
 */
 static int collect (lua_State *L, int ti, int keep, double timeout) {
   Task *t = (Task *)lua_touserdata(L, ti);
-  Buffer *b;
+  Output *o;
   Reader r;
   int n, base, i;
   if (keep && (n = replay(L, ti)) >= 0) return n;
-  b = output(L, ti, timeout);
+  o = output(L, ti, timeout);
   if (keep && (n = replay(L, ti)) >= 0) return n;	/* a re-entered await did it */
   base = lua_gettop(L);
-  t->readers++;
-  reader_init(&r, b);
+  o->readers++;
+  reader_init(&r, &o->b);
   if (t->status == JOB_FAILED) {
     message_pushfailure(L, &r);
     n = 1;
   }
   else n = codec_decode(L, &r, CODEC_TRUSTED);
-  if (keep && lua_getiuservalue(L, ti, OUTCOME) == LUA_TNIL) {
+  if (keep) {			/* made first: a re-entered await may come first */
     if (t->status == JOB_FAILED) lua_pushvalue(L, base + 1);
     else {
       lua_createtable(L, n, 1);
@@ -203,10 +230,13 @@ static int collect (lua_State *L, int ti, int keep, double timeout) {
       lua_pushinteger(L, n);
       lua_setfield(L, -2, "n");
     }
-    lua_setiuservalue(L, ti, OUTCOME);
+    if (lua_getiuservalue(L, ti, OUTCOME) == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_setiuservalue(L, ti, OUTCOME);
+    }
+    else lua_pop(L, 2);
   }
-  if (keep) lua_pop(L, 1);
-  if (--t->readers == 0) buffer_free(b);
+  if (--o->readers == 0) buffer_free(&o->b);
   if (keep) {
     lua_settop(L, base - 1);
     return replay(L, ti);
@@ -249,7 +279,7 @@ static int task_status (lua_State *L) {
 
 static int task_done (lua_State *L) {
   Task *t = checktask(L);
-  JobStatus s = t->job == NULL ? JOB_DONE : job_status(t->pool, t->job);
+  JobStatus s = t->job == NULL ? t->status : job_status(t->pool, t->job);
   lua_pushboolean(L, s == JOB_DONE || s == JOB_FAILED);
   return 1;
 }
@@ -449,6 +479,10 @@ int luaopen_isolate_core (lua_State *L) {
   luaL_setfuncs(L, task_meta, 0);
   luaL_newlib(L, task_methods);
   lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, ISOLATE_OUTPUT);
+  lua_pushcfunction(L, output_gc);
+  lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
   errortype(L, ISOLATE_REMOTEERROR, "RemoteError", remote_tostring);

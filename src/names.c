@@ -125,6 +125,16 @@ static void offer (lua_State *L, int t) {
 /* }====================================================== */
 
 
+/* a string key without zeros (a name travels as "module\0field") */
+static int plainname (lua_State *L, int idx) {
+  size_t len;
+  const char *s;
+  if (lua_type(L, idx) != LUA_TSTRING) return 0;
+  s = lua_tolstring(L, idx, &len);
+  return len > 0 && memchr(s, 0, len) == NULL;
+}
+
+
 void names_open (lua_State *L, Names *n) {
   isolate_checkstack(L, 4);
   lua_pushnil(L);
@@ -143,7 +153,7 @@ static void scan_tables (lua_State *L, Names *n) {
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (lua_next(L, -2)) {	/* name at -2, module at -1 */
-    if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
+    if (plainname(L, -2) && lua_type(L, -1) == LUA_TTABLE) {
       lua_pushvalue(L, -2);
       offer(L, n->tables);
     }
@@ -181,10 +191,10 @@ static void scan_cfuncs (lua_State *L, Names *n) {
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (lua_next(L, -2)) {		/* module name at -2, module at -1 */
-    if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
+    if (plainname(L, -2) && lua_type(L, -1) == LUA_TTABLE) {
       lua_pushnil(L);
       while (lua_next(L, -2)) {		/* field at -2, value at -1 */
-        if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+        if (plainname(L, -2) && lua_iscfunction(L, -1)) {
           lua_pushvalue(L, -1);
           lua_pushvalue(L, -5);		/* module name */
           lua_pushlstring(L, "", 1);

@@ -283,14 +283,22 @@ static int start_thread (Pool *p, void *(*fn) (void *), void *arg, int n) {
 }
 
 
-/* run a job taken from the queue in the fresh state 'L', publish its end */
+/*
+** Run a job taken from the queue in the fresh state 'L', publish its end.
+** A thread that a fork left in the child (it forked from inside an
+** isolate) finishes its job there, for nobody: then it ends the child
+** process, which no thread of the pool would ever end otherwise.
+*/
 static void execute (Pool *p, Job *j, lua_State *L) {
   int ok = state_run(L, &j->in, &j->out, p->name, j->depth);
+  int forked;
   pthread_mutex_lock(&p->mu);
   atomic_store_explicit(&j->status, ok ? JOB_DONE : JOB_FAILED, memory_order_release);
-  pthread_cond_broadcast(&j->ended);
+  forked = (j->epoch != p->epoch);
+  if (!forked) pthread_cond_broadcast(&j->ended);	/* see lose() */
   job_unref(p, j);
   pthread_mutex_unlock(&p->mu);
+  if (forked) _exit(ok ? 0 : 1);
 }
 
 
@@ -464,14 +472,14 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
   int ended;
   if (finished(p, j)) return 1;
   w = (Worker *)pthread_getspecific(worker_key);
-  if (w != NULL && w->pool == p) {
+  if (runs && w != NULL && w->pool == p) {
     int mine;
     pthread_mutex_lock(&p->mu);
     mine = atomic_load_explicit(&j->status, memory_order_relaxed) == JOB_QUEUED &&
            unqueue(p, j);
     pthread_mutex_unlock(&p->mu);
     if (mine) {		/* drops the queue's reference; the caller's remains */
-      if (runs && stack_left(w) >= ISOLATE_INLINE_STACK) {
+      if (stack_left(w) >= ISOLATE_INLINE_STACK) {
         execute(p, j, state_new());
         return 1;
       }

@@ -37,11 +37,12 @@ void job_release (Pool *p, Job *j);
 void pool_submit (Pool *p, Job *j);
 
 /*
-** Wait up to 'ms' milliseconds for 'j' to end; true if it has.  A worker
-** of the pool that waits for a job still in the queue runs it itself, if
-** 'runs' and its own C stack has room, or else has a new thread run it,
-** so that nested isolates never deadlock.  (A caller with a deadline
-** cannot run the job itself: it would not be back in time.)
+** Wait up to 'ms' milliseconds for 'j' to end; true if it has.  With
+** 'runs', a worker of the pool that waits for a job still in the queue
+** runs it itself (or, when its own C stack runs low, has a new thread run
+** it), so that nested isolates never deadlock.  A caller with a deadline
+** passes 0: it could not be back in time, and it must not start a thread
+** per job it polls.
 */
 int pool_wait (Pool *p, Job *j, long ms, int runs);
 

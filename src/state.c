@@ -63,6 +63,7 @@ typedef struct Isolate {
   Buffer exitbuf;		/* isolate.exit's results */
   lua_State *main;		/* the state's main thread */
   lua_State *requester;		/* the thread that asked for the exit last */
+  lua_State *scratch;		/* a thread of ours, for warnf's stack */
   int warning;			/* where the warning being written is (warnf) */
   size_t allocs, failat;	/* allocation-failure injection (tests) */
   size_t failsize;
@@ -71,6 +72,8 @@ typedef struct Isolate {
 static const char exit_value = 0;	/* the error value that unwinds an exit */
 static const char msgh_key = 0;		/* registry: the message handler */
 static const char requester_key = 0;	/* registry: keeps 'requester' alive */
+static const char scratch_key = 0;	/* registry: keeps 'scratch' alive */
+static const char threads_key = 0;	/* registry: the coroutines, weak keys */
 
 #define EXITING(L)	lua_pushlightuserdata(L, (void *)&exit_value)
 #define ISEXIT(L,i)	(lua_touserdata(L, i) == (void *)&exit_value)
@@ -148,26 +151,79 @@ static int unwind (lua_State *L) {
 
 
 /*
-** The warnings of an isolate are dropped, but one is a sign: a finalizer
-** failed ("error in __gc (...)"), and if an exit is under way, the GC has
-** swallowed it.  Then the exit is raised again at the next instruction of
-** the thread that asked for it and of the main thread: one of the two
-** runs next, or a coroutine that hands control back through
-** coroutine.resume, which raises it too.
+** Call the library function that the running wrapper stands for (upvalue
+** 1) with its arguments.  Called from C, it has no name of its own in its
+** errors ("bad argument #1 to '?'"): they get the wrapper's (upvalue 2).
 */
+static void call_wrapped (lua_State *L, int first) {
+  int n = lua_gettop(L) - first + 1;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, first);
+  if (lua_pcall(L, n, LUA_MULTRET, 0) != LUA_OK) {
+    if (lua_type(L, -1) == LUA_TSTRING) {
+      lua_pushfstring(L, "to '%s'", lua_tostring(L, lua_upvalueindex(2)));
+      luaL_gsub(L, lua_tostring(L, -2), "to '?'", lua_tostring(L, -1));
+    }
+    lua_error(L);
+  }
+}
+
+
+/*
+** The warnings of an isolate are dropped, but one is a sign: a finalizer
+** failed with an error object that is not a string ("error in __gc (error
+** object is not a string)"), and if an exit is under way, that was the
+** exit, which the GC swallowed.  Then it is raised again at the next Lua
+** instruction of whatever thread runs next: every coroutine made by
+** coroutine.create or wrap is listed (weak keys), and each of them, the
+** main thread and the thread that asked get a one-shot count hook.  The
+** list is read on a thread of our own, whose stack was made ready
+** beforehand: nothing here allocates, so no GC step can run.
+*/
+static void arm (Isolate *iso) {
+  lua_State *S = iso->scratch;
+  lua_sethook(iso->main, exit_hook, LUA_MASKCOUNT, 1);
+  lua_sethook(iso->requester, exit_hook, LUA_MASKCOUNT, 1);
+  lua_rawgetp(S, LUA_REGISTRYINDEX, &threads_key);
+  lua_pushnil(S);
+  while (lua_next(S, -2)) {
+    lua_State *co = lua_tothread(S, -2);
+    if (co != NULL) lua_sethook(co, exit_hook, LUA_MASKCOUNT, 1);
+    lua_pop(S, 1);
+  }
+  lua_pop(S, 1);
+}
+
 static void warnf (void *ud, const char *msg, int tocont) {
   Isolate *iso = (Isolate *)ud;
-  enum { START, ERROR_IN, OTHER };
-  if (iso->warning == START)
-    iso->warning = strcmp(msg, "error in ") == 0 ? ERROR_IN : OTHER;
-  else if (iso->warning == ERROR_IN) {
-    iso->warning = OTHER;
-    if (strcmp(msg, "__gc") == 0 && iso->exit != EXIT_NONE && !iso->final) {
-      lua_sethook(iso->main, exit_hook, LUA_MASKCOUNT, 1);
-      lua_sethook(iso->requester, exit_hook, LUA_MASKCOUNT, 1);
-    }
+  enum { START, ERROR_IN, GC, OPEN, OTHER };	/* the parts seen so far */
+  switch (iso->warning) {
+    case START: iso->warning = strcmp(msg, "error in ") == 0 ? ERROR_IN : OTHER; break;
+    case ERROR_IN: iso->warning = strcmp(msg, "__gc") == 0 ? GC : OTHER; break;
+    case GC: iso->warning = strcmp(msg, " (") == 0 ? OPEN : OTHER; break;
+    case OPEN:
+      iso->warning = OTHER;
+      if (strcmp(msg, "error object is not a string") == 0 &&
+          iso->exit != EXIT_NONE && !iso->final)
+        arm(iso);
+      break;
+    default: break;
   }
   if (!tocont) iso->warning = START;
+}
+
+
+/* coroutine.create and wrap: the original's coroutine, listed for arm() */
+static int isolate_cocreate (lua_State *L) {
+  call_wrapped(L, 1);
+  if (lua_type(L, 1) == LUA_TFUNCTION) lua_getupvalue(L, 1, 1);	/* wrap's */
+  else lua_pushvalue(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &threads_key);
+  lua_insert(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_settop(L, 1);
+  return 1;
 }
 
 
@@ -257,25 +313,6 @@ static int isolate_xpcall (lua_State *L) {
   lua_rotate(L, 3, 2);
   status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, ctx, finishpcall);
   return finishpcall(L, status, ctx);
-}
-
-
-/*
-** Call the library function that the running wrapper stands for (upvalue
-** 1) with its arguments.  Called from C, it has no name of its own in its
-** errors ("bad argument #1 to '?'"): they get the wrapper's (upvalue 2).
-*/
-static void call_wrapped (lua_State *L, int first) {
-  int n = lua_gettop(L) - first + 1;
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, first);
-  if (lua_pcall(L, n, LUA_MULTRET, 0) != LUA_OK) {
-    if (lua_type(L, -1) == LUA_TSTRING) {
-      lua_pushfstring(L, "to '%s'", lua_tostring(L, lua_upvalueindex(2)));
-      luaL_gsub(L, lua_tostring(L, -2), "to '?'", lua_tostring(L, -1));
-    }
-    lua_error(L);
-  }
 }
 
 
@@ -383,6 +420,7 @@ static void seed (lua_State *L) {
 
 /* the libraries, and the functions that differ inside an isolate */
 static int prepare (lua_State *L) {
+  Isolate *iso = current(L);
   luaL_openlibs(L);
   lua_pushglobaltable(L);
   lua_pushcfunction(L, isolate_pcall);
@@ -396,6 +434,8 @@ static int prepare (lua_State *L) {
   lua_getfield(L, -2, "coroutine");
   wrap(L, "resume", isolate_resume);
   wrap(L, "close", isolate_swallower);
+  wrap(L, "create", isolate_cocreate);
+  wrap(L, "wrap", isolate_cocreate);
   lua_getfield(L, -3, "math");
   seed(L);
   lua_pushnil(L);
@@ -403,8 +443,17 @@ static int prepare (lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &msgh_key);
   lua_pushthread(L);			/* the slot exists: request() cannot fail */
   lua_rawsetp(L, LUA_REGISTRYINDEX, &requester_key);
-  current(L)->main = current(L)->requester = L;
-  lua_setwarnf(L, warnf, current(L));
+  lua_newtable(L);			/* the coroutines, for arm() */
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &threads_key);
+  iso->scratch = lua_newthread(L);
+  isolate_checkstack(iso->scratch, 8);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &scratch_key);
+  iso->main = iso->requester = L;
+  lua_setwarnf(L, warnf, iso);
   return 0;
 }
 

@@ -90,6 +90,24 @@ for _, name in ipairs{"run", "spawn", "await"} do
       how .. " " .. tostring(n))
 end
 
+-- fork inside an isolate: the child's one thread is a worker; when the
+-- isolate's function returns there, the child process ends (status 0)
+local inside = isolate.run(function()
+  local px = require "posix"
+  local pid = px.fork()
+  if pid == 0 then
+    px.alarm(CHILD_SECONDS)
+    return "the child's"
+  end
+  return pid
+end)
+do
+  local how, n = posix.waitpid(inside)
+  say("child of an isolate ended", how == "exited" and n == 0 or
+      how == "signaled" and n == 14 and "hung: killed by its alarm after " .. CHILD_SECONDS .. " s" or
+      how .. " " .. tostring(n))
+end
+
 io.open(go, "w"):close()
 local ok, r = pcall(task.await, task)
 os.remove(go)
