@@ -62,8 +62,7 @@ typedef struct Isolate {
   unsigned long requests;	/* exits asked for (to see a swallowed one) */
   Buffer exitbuf;		/* isolate.exit's results */
   lua_State *main;		/* the state's main thread */
-  lua_State *requester;		/* the thread that asked for the exit last */
-  lua_State *scratch;		/* a thread of ours, for warnf's stack */
+  lua_State *requester;		/* the outermost thread the exit went through */
   int warning;			/* where the warning being written is (warnf) */
   size_t allocs, failat;	/* allocation-failure injection (tests) */
   size_t failsize;
@@ -72,8 +71,6 @@ typedef struct Isolate {
 static const char exit_value = 0;	/* the error value that unwinds an exit */
 static const char msgh_key = 0;		/* registry: the message handler */
 static const char requester_key = 0;	/* registry: keeps 'requester' alive */
-static const char scratch_key = 0;	/* registry: keeps 'scratch' alive */
-static const char threads_key = 0;	/* registry: the coroutines, weak keys */
 
 #define EXITING(L)	lua_pushlightuserdata(L, (void *)&exit_value)
 #define ISEXIT(L,i)	(lua_touserdata(L, i) == (void *)&exit_value)
@@ -151,21 +148,14 @@ static int unwind (lua_State *L) {
 
 
 /*
-** Call the library function that the running wrapper stands for (upvalue
-** 1) with its arguments.  Called from C, it has no name of its own in its
-** errors ("bad argument #1 to '?'"): they get the wrapper's (upvalue 2).
+** The exit went through thread L: the outermost such thread is the one
+** that goes on if the exit is swallowed there (warnf).  The registry keeps
+** it alive (its slot exists: this does not allocate).
 */
-static void call_wrapped (lua_State *L, int first) {
-  int n = lua_gettop(L) - first + 1;
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, first);
-  if (lua_pcall(L, n, LUA_MULTRET, 0) != LUA_OK) {
-    if (lua_type(L, -1) == LUA_TSTRING) {
-      lua_pushfstring(L, "to '%s'", lua_tostring(L, lua_upvalueindex(2)));
-      luaL_gsub(L, lua_tostring(L, -2), "to '?'", lua_tostring(L, -1));
-    }
-    lua_error(L);
-  }
+static void through (lua_State *L, Isolate *iso) {
+  iso->requester = L;
+  lua_pushthread(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &requester_key);
 }
 
 
@@ -173,27 +163,13 @@ static void call_wrapped (lua_State *L, int first) {
 ** The warnings of an isolate are dropped, but one is a sign: a finalizer
 ** failed with an error object that is not a string ("error in __gc (error
 ** object is not a string)"), and if an exit is under way, that was the
-** exit, which the GC swallowed.  Then it is raised again at the next Lua
-** instruction of whatever thread runs next: every coroutine made by
-** coroutine.create or wrap is listed (weak keys), and each of them, the
-** main thread and the thread that asked get a one-shot count hook.  The
-** list is read on a thread of our own, whose stack was made ready
-** beforehand: nothing here allocates, so no GC step can run.
+** exit, which the GC swallowed.  The finalizer ran on the outermost thread
+** the exit went through (coroutine.resume and wrap note it): that thread
+** goes on, or the main thread; both raise it again at their next Lua
+** instruction, through a one-shot count hook.  (Hooks do not run inside
+** finalizers, so neither fires before the GC is done.)  A coroutine that
+** hands control back to its resumer raises it there (resume, wrap).
 */
-static void arm (Isolate *iso) {
-  lua_State *S = iso->scratch;
-  lua_sethook(iso->main, exit_hook, LUA_MASKCOUNT, 1);
-  lua_sethook(iso->requester, exit_hook, LUA_MASKCOUNT, 1);
-  lua_rawgetp(S, LUA_REGISTRYINDEX, &threads_key);
-  lua_pushnil(S);
-  while (lua_next(S, -2)) {
-    lua_State *co = lua_tothread(S, -2);
-    if (co != NULL) lua_sethook(co, exit_hook, LUA_MASKCOUNT, 1);
-    lua_pop(S, 1);
-  }
-  lua_pop(S, 1);
-}
-
 static void warnf (void *ud, const char *msg, int tocont) {
   Isolate *iso = (Isolate *)ud;
   enum { START, ERROR_IN, GC, OPEN, OTHER };	/* the parts seen so far */
@@ -204,26 +180,14 @@ static void warnf (void *ud, const char *msg, int tocont) {
     case OPEN:
       iso->warning = OTHER;
       if (strcmp(msg, "error object is not a string") == 0 &&
-          iso->exit != EXIT_NONE && !iso->final)
-        arm(iso);
+          iso->exit != EXIT_NONE && !iso->final) {
+        lua_sethook(iso->main, exit_hook, LUA_MASKCOUNT, 1);
+        lua_sethook(iso->requester, exit_hook, LUA_MASKCOUNT, 1);
+      }
       break;
     default: break;
   }
   if (!tocont) iso->warning = START;
-}
-
-
-/* coroutine.create and wrap: the original's coroutine, listed for arm() */
-static int isolate_cocreate (lua_State *L) {
-  call_wrapped(L, 1);
-  if (lua_type(L, 1) == LUA_TFUNCTION) lua_getupvalue(L, 1, 1);	/* wrap's */
-  else lua_pushvalue(L, 1);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &threads_key);
-  lua_insert(L, -2);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, -3);
-  lua_settop(L, 1);
-  return 1;
 }
 
 
@@ -246,9 +210,7 @@ static int request (lua_State *L, Isolate *iso, Exit how, int n) {
     iso->exit = how;
     iso->mark = iso->calls;
   }
-  iso->requester = L;		/* for warnf; the registry keeps it alive */
-  lua_pushthread(L);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &requester_key);	/* no allocation */
+  through(L, iso);
   return unwind(L);
 }
 
@@ -317,45 +279,134 @@ static int isolate_xpcall (lua_State *L) {
 
 
 /*
-** An exit that passes through coroutine.resume first closes what the
-** dead coroutine left open (coroutine.wrap does the same for any error).
+** Coroutines.  An exit that leaves a coroutine through coroutine.resume
+** or wrap first closes what the dead coroutine left open, and notes the
+** thread it goes on in (through); an exit asked for inside a coroutine
+** that came back without it (swallowed there) is raised in its resumer.
 */
+
+/* the error on top killed 'co': close its to-be-closed variables */
+static void close_dead (lua_State *L, lua_State *co) {
+  int status = lua_status(co);
+  if (status != LUA_OK && status != LUA_YIELD) {
+#if LUA_VERSION_RELEASE_NUM >= 50406
+    lua_closethread(co, L);
+#else
+    (void)L;
+    lua_resetthread(co);
+#endif
+  }
+}
+
+
+/* resume 'co' with 'narg' arguments: their count, or -1 with the error */
+static int auxresume (lua_State *L, lua_State *co, int narg) {
+  int status, nres;
+  if (!lua_checkstack(co, narg)) {
+    lua_pushliteral(L, "too many arguments to resume");
+    return -1;
+  }
+  lua_xmove(L, co, narg);
+  status = lua_resume(co, L, narg, &nres);
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      lua_pushliteral(L, "too many results to resume");
+      return -1;
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+  }
+  lua_xmove(co, L, 1);
+  return -1;
+}
+
+
 static int isolate_resume (lua_State *L) {
   Isolate *iso = current(L);
   lua_Integer id = ++iso->calls;
   unsigned long requests = iso->requests;
   lua_State *co = lua_tothread(L, 1);
-  lua_pushvalue(L, 1);		/* keeps the coroutine alive while it closes */
-  lua_insert(L, 1);
-  call_wrapped(L, 2);
-  if (!lua_toboolean(L, 2)) {
-    lua_settop(L, 3);
+  int n;
+  luaL_argexpected(L, co != NULL, 1, "coroutine");
+  n = auxresume(L, co, lua_gettop(L) - 1);	/* the coroutine stays at 1 */
+  if (n < 0) {
     if (passes(L, id)) {
-      int status = co != NULL ? lua_status(co) : LUA_OK;
-      if (status != LUA_OK && status != LUA_YIELD) {
-#if LUA_VERSION_RELEASE_NUM >= 50406
-        lua_closethread(co, L);
-#else
-        lua_resetthread(co);
-#endif
-      }
+      close_dead(L, co);
+      through(L, iso);
       return lua_error(L);
     }
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
   }
-  else if (iso->requests != requests && !iso->final)
+  if (iso->requests != requests && !iso->final)
     return unwind(L);		/* asked for in there, and swallowed */
-  return lua_gettop(L) - 1;
+  lua_pushboolean(L, 1);
+  lua_insert(L, -(n + 1));
+  return n + 1;
+}
+
+
+static int isolate_auxwrap (lua_State *L) {
+  Isolate *iso = current(L);
+  unsigned long requests = iso->requests;
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int n = auxresume(L, co, lua_gettop(L));
+  if (n < 0) {			/* as lcorolib.c's auxwrap */
+    int status = lua_status(co);
+    if (status != LUA_OK && status != LUA_YIELD) {
+      close_dead(L, co);
+      lua_xmove(co, L, 1);	/* the error, or one raised while closing */
+    }
+    if (iso->exit != EXIT_NONE && ISEXIT(L, -1)) through(L, iso);
+    else if (status != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+      luaL_where(L, 1);
+      lua_insert(L, -2);
+      lua_concat(L, 2);
+    }
+    return lua_error(L);
+  }
+  if (iso->requests != requests && !iso->final)
+    return unwind(L);		/* asked for in there, and swallowed */
+  return n;
+}
+
+
+static int isolate_wrap (lua_State *L) {
+  lua_State *co;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushcclosure(L, isolate_auxwrap, 1);
+  return 1;
 }
 
 
 /*
 ** load and coroutine.close catch the errors of what they run (a reader, a
 ** __close): an exit asked for in there is raised again on their return.
+** They are the library's own (upvalue 1), called with the arguments
+** checked as the original checks them (upvalue 2 says how), so that the
+** original, called from C and so without a name, raises no "bad argument
+** #1 to '?'".
 */
+enum Swallower { S_LOAD, S_CLOSE };
+
 static int isolate_swallower (lua_State *L) {
   Isolate *iso = current(L);
   unsigned long requests = iso->requests;
-  call_wrapped(L, 1);
+  int n = lua_gettop(L);
+  if (lua_tointeger(L, lua_upvalueindex(2)) == S_LOAD) {
+    if (lua_type(L, 1) != LUA_TSTRING) luaL_checktype(L, 1, LUA_TFUNCTION);
+    luaL_optstring(L, 2, NULL);
+    luaL_optstring(L, 3, NULL);
+  }
+  else luaL_argexpected(L, lua_type(L, 1) == LUA_TTHREAD, 1, "coroutine");
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
   if (iso->requests != requests && !iso->final) return unwind(L);
   return lua_gettop(L);
 }
@@ -392,11 +443,11 @@ static int msgh (lua_State *L) {
 }
 
 
-/* replace table[name] (table at -1) by 'f', with the old value and name */
-static void wrap (lua_State *L, const char *name, lua_CFunction f) {
+/* replace table[name] (table at -1) by a swallower of the old value */
+static void swallower (lua_State *L, const char *name, enum Swallower kind) {
   lua_getfield(L, -1, name);
-  lua_pushstring(L, name);
-  lua_pushcclosure(L, f, 2);
+  lua_pushinteger(L, kind);
+  lua_pushcclosure(L, isolate_swallower, 2);
   lua_setfield(L, -2, name);
 }
 
@@ -427,15 +478,16 @@ static int prepare (lua_State *L) {
   lua_setfield(L, -2, "pcall");
   lua_pushcfunction(L, isolate_xpcall);
   lua_setfield(L, -2, "xpcall");
-  wrap(L, "load", isolate_swallower);
+  swallower(L, "load", S_LOAD);
   lua_getfield(L, -1, "os");
   lua_pushcfunction(L, os_exit);
   lua_setfield(L, -2, "exit");
   lua_getfield(L, -2, "coroutine");
-  wrap(L, "resume", isolate_resume);
-  wrap(L, "close", isolate_swallower);
-  wrap(L, "create", isolate_cocreate);
-  wrap(L, "wrap", isolate_cocreate);
+  lua_pushcfunction(L, isolate_resume);
+  lua_setfield(L, -2, "resume");
+  lua_pushcfunction(L, isolate_wrap);
+  lua_setfield(L, -2, "wrap");
+  swallower(L, "close", S_CLOSE);
   lua_getfield(L, -3, "math");
   seed(L);
   lua_pushnil(L);
@@ -443,15 +495,6 @@ static int prepare (lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &msgh_key);
   lua_pushthread(L);			/* the slot exists: request() cannot fail */
   lua_rawsetp(L, LUA_REGISTRYINDEX, &requester_key);
-  lua_newtable(L);			/* the coroutines, for arm() */
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &threads_key);
-  iso->scratch = lua_newthread(L);
-  isolate_checkstack(iso->scratch, 8);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &scratch_key);
   iso->main = iso->requester = L;
   lua_setwarnf(L, warnf, iso);
   return 0;
