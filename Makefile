@@ -11,7 +11,7 @@ BUILD = build
 SRC = src/core.c src/codec.c src/buffer.c src/pool.c src/state.c
 HDR = $(wildcard src/*.h)
 
-.PHONY: all test asan tsan valgrind fuzz bench demo clean
+.PHONY: all test asan tsan valgrind fuzz bench stress demo clean
 
 # The sanitizers instrument the C core only, not Lua: ASan's runtime is
 # preloaded into lua5.4, TSan's is linked into a host interpreter of ours.
@@ -83,6 +83,18 @@ $(BUILD)/benchlib.so: bench/benchlib.c
 
 bench: all $(BUILD)/benchlib.so
 	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) bench/run.lua
+
+# STRESS_TASKS tasks of every kind (or fewer, if STRESS_SECONDS pass
+# first), every answer checked; then threads, open files and resident
+# memory must be back at their level after a warm-up.  glibc's mmap
+# threshold is fixed, so freed large blocks leave the process and resident
+# memory measures what the core holds, not the allocator's high-water mark.
+STRESS_TASKS ?= 20000
+STRESS_SECONDS ?= 120
+stress: all
+	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" \
+		GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072 \
+		STRESS_TASKS=$(STRESS_TASKS) STRESS_SECONDS=$(STRESS_SECONDS) $(LUA) spec/stress.lua
 
 demo: all
 	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) examples/demo.lua
