@@ -60,8 +60,10 @@ $(BUILD)/tsan/host: spec/host.c
 tsan: $(BUILD)/tsan/isolate/core.so $(BUILD)/tsan/host
 	$(call specs,TSAN_OPTIONS=halt_on_error=1 $(BUILD)/tsan/host,--cpath="$(BUILD)/tsan/?.so")
 
+# The property spec runs a tenth of its random cases: under valgrind all of
+# them take minutes.
 valgrind: all
-	$(call specs,ISOLATE_SPEC_UNDER_TOOL=1 valgrind -q --error-exitcode=99 --leak-check=full \
+	$(call specs,ISOLATE_SPEC_UNDER_TOOL=1 ISOLATE_PROPERTY_SCALE=0.1 valgrind -q --error-exitcode=99 --leak-check=full \
 		--show-leak-kinds=definite --errors-for-leak-kinds=definite $(LUA),)
 
 # libFuzzer on the decoder: FUZZ_SECONDS of random inputs, seeded with
