@@ -486,7 +486,7 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
       lend(p, j);
     }
   }
-  if (spin_until_ended(j)) return 1;
+  if (ms > 0 && spin_until_ended(j)) return 1;	/* a poll only looks */
   clock_gettime(CLOCK_MONOTONIC, &deadline);
   deadline.tv_sec += ms / 1000;
   deadline.tv_nsec += (ms % 1000) * 1000000L;
