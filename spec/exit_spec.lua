@@ -247,6 +247,24 @@ describe("exits", function()
     end
   end)
 
+  it("work when user code has emptied the registry with the debug library", function()
+    assert.same({"error", "exit", "Computation ended without result"}, {outcome(function()
+      local reg = debug.getregistry()
+      for k in pairs(reg) do
+        if type(k) ~= "number" then reg[k] = nil end
+      end
+      os.exit()
+    end)})
+    assert.same({"ok", "still"}, {outcome(function()
+      local reg = debug.getregistry()
+      for k in pairs(reg) do
+        if type(k) ~= "number" then reg[k] = nil end
+      end
+      local ok = pcall(error, "x")
+      isolate.exit(not ok and "still")
+    end)})
+  end)
+
   it("from a finalizer while the state closes change nothing", function()
     assert.same({"ok", "result"}, {outcome(function()
       setmetatable({}, {__gc = function() isolate.exit("from __gc") end})

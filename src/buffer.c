@@ -61,9 +61,7 @@ void buffer_append (Buffer *dst, Buffer *src) {
 void buffer_move (Buffer *dst, Buffer *src) {
   if (dst == src) return;
   buffer_free(dst);
-  *dst = *src;
-  src->head = src->tail = NULL;
-  src->total = 0;
+  buffer_append(dst, src);
 }
 
 
