@@ -145,17 +145,80 @@ describe("exits", function()
     end)})
   end)
 
-  it("let cleanup run to its end when an unrelated finalizer fails meanwhile", function()
+  it("let cleanup run to its end when unrelated finalizers fail or exit meanwhile", function()
+    for _, raise in ipairs{function() error("buggy finalizer") end, function() error({}) end, os.exit} do
+      local path, read = marker()
+      assert.same({"error", "exit", "Computation ended without result"}, {outcome(function()
+        local _ <close> = setmetatable({}, {__close = function()
+          for _ = 1, 10 do setmetatable({}, {__gc = raise}) end
+          pcall(collectgarbage)
+          local f = io.open(path, "w"); f:write("cleanup finished"); f:close()
+        end})
+        os.exit()
+      end)})
+      assert.equal("cleanup finished", read())
+    end
+  end)
+
+  it("let a coroutine that cleanup resumes catch its own errors, whatever it was doing before", function()
     local path, read = marker()
     assert.same({"error", "exit", "Computation ended without result"}, {outcome(function()
+      local co = coroutine.create(function()
+        while true do
+          local _, e = pcall(function()
+            if coroutine.yield("ready") == "fail" then error("ordinary", 0) end
+          end)
+          coroutine.yield("caught " .. tostring(e))
+        end
+      end)
+      coroutine.resume(co)		-- suspended inside its pcall
       local _ <close> = setmetatable({}, {__close = function()
-        for _ = 1, 10 do setmetatable({}, {__gc = function() error("buggy finalizer") end}) end
-        pcall(collectgarbage)
-        local f = io.open(path, "w"); f:write("cleanup finished"); f:close()
+        local ok, r = coroutine.resume(co, "fail")
+        local f = io.open(path, "w"); f:write(tostring(ok), " ", tostring(r)); f:close()
       end})
       os.exit()
     end)})
-    assert.equal("cleanup finished", read())
+    assert.equal("true caught ordinary", read())
+  end)
+
+
+  it("end the isolate from a finalizer whatever error value the GC sees at last", function()
+    local ended = {"error", "exit", "Computation ended without result"}
+    -- a message handler that would turn the exit into a string
+    assert.same(ended, {outcome(function()
+      setmetatable({}, {__gc = function() xpcall(os.exit, function() return "handled" end) end})
+      collectgarbage()
+      while true do end
+    end)})
+    -- a __close that raises a string while the exit unwinds the finalizer
+    assert.same(ended, {outcome(function()
+      setmetatable({}, {__gc = function()
+        local _ <close> = setmetatable({}, {__close = function() error("cleanup failed") end})
+        os.exit()
+      end})
+      collectgarbage()
+      while true do end
+    end)})
+    -- a handler that itself exits
+    assert.same(ended, {outcome(function()
+      setmetatable({}, {__gc = function() xpcall(error, os.exit) end})
+      collectgarbage()
+      while true do end
+    end)})
+  end)
+
+  it("pass xpcall message handlers by: no handler sees an exit", function()
+    local path, read = marker()
+    assert.same({"error", "exit", "Computation ended without result"}, {outcome(function()
+      local calls = 0
+      xpcall(function() error("x") end, function(e)
+        calls = calls + 1
+        local f = io.open(path, "w"); f:write(calls); f:close()
+        load(function() os.exit() end)
+      end)
+      return "not reached"
+    end)})
+    assert.equal("1", read())
   end)
 
   it("leave pcall working as usual afterwards: nothing re-raises ordinary errors", function()
@@ -274,5 +337,30 @@ describe("exits", function()
       setmetatable({}, {__gc = function() isolate.exit("from __gc") end})
       os.exit()
     end)})
+  end)
+end)
+
+describe("coroutine.close inside an isolate", function()
+  it("raises an error, not a crash, when coroutines close each other past the C stack", function()
+    local ok, closed, err = isolate.run(function()
+      local prev
+      for _ = 1, 20000 do
+        local p = prev
+        local co = coroutine.create(function()
+          local _ <close> = setmetatable({}, {__close = function()
+            local ok, e = true, nil
+            if p then ok, e = coroutine.close(p) end
+            if not ok then error(e, 0) end
+          end})
+          coroutine.yield()
+        end)
+        coroutine.resume(co)
+        prev = co
+      end
+      return pcall(coroutine.close, prev)
+    end)
+    assert.is_true(ok)
+    assert.is_false(closed)
+    assert.is_not_nil(tostring(err):find("C stack overflow (coroutines closing each other)", 1, true))
   end)
 end)

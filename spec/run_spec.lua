@@ -267,6 +267,19 @@ describe("names", function()
     assert.equal("42", r)
   end)
 
+  it("are ranked without calling package.searchpath, whatever it holds", function()
+    local m, called = {}, false
+    local searchpath = package.searchpath
+    package.loaded["names.one"], package.loaded["names.two"] = m, m
+    package.searchpath = function() called = true end
+    local ok, s = pcall(isolate.encode, m)
+    package.searchpath = searchpath
+    package.loaded["names.one"], package.loaded["names.two"] = nil, nil
+    assert.is_true(ok, tostring(s))
+    assert.is_false(called)
+    assert.matches("names%.one$", s)
+  end)
+
   it("skip names with a zero byte in them", function()
     local m = {}
     package.loaded["weird\0name"] = m

@@ -76,6 +76,8 @@ Buffer *buffer_push (lua_State *L) {
   if (luaL_newmetatable(L, "isolate.Buffer")) {
     lua_pushcfunction(L, buffer_gc);
     lua_setfield(L, -2, "__gc");
+    lua_pushboolean(L, 0);	/* getmetatable(buffer) is false: no __gc by hand */
+    lua_setfield(L, -2, "__metatable");
   }
   lua_setmetatable(L, -2);
   return b;

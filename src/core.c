@@ -44,6 +44,7 @@ typedef struct Task {
 typedef struct Output {
   Buffer b;
   int readers;			/* decodes of it under way */
+  int decoded;			/* one decode went through: no need to keep it */
 } Output;
 
 #define checktask(L)	((Task *)luaL_checkudata(L, 1, ISOLATE_TASK))
@@ -54,8 +55,21 @@ typedef struct Output {
 #define ISOLATE_OUTPUT	"isolate.Output"
 
 
+/*
+** A decoder marks its Output to-be-closed: when it returns or fails, it is
+** one reader less, and the last reader frees the buffer once a decode went
+** through.  __gc frees it only when no decoder holds it (it can be called
+** by hand, through the debug library).
+*/
+static int output_close (lua_State *L) {
+  Output *o = (Output *)luaL_checkudata(L, 1, ISOLATE_OUTPUT);
+  if (--o->readers == 0 && o->decoded) buffer_free(&o->b);
+  return 0;
+}
+
 static int output_gc (lua_State *L) {
-  buffer_free(&((Output *)luaL_checkudata(L, 1, ISOLATE_OUTPUT))->b);
+  Output *o = (Output *)luaL_checkudata(L, 1, ISOLATE_OUTPUT);
+  if (o->readers == 0) buffer_free(&o->b);
   return 0;
 }
 
@@ -213,6 +227,7 @@ static int collect (lua_State *L, int ti, int keep, double timeout) {
   if (keep && (n = replay(L, ti)) >= 0) return n;	/* a re-entered await did it */
   base = lua_gettop(L);
   o->readers++;
+  lua_toclose(L, base);
   reader_init(&r, &o->b);
   if (t->status == JOB_FAILED) {
     message_pushfailure(L, &r);
@@ -236,13 +251,13 @@ static int collect (lua_State *L, int ti, int keep, double timeout) {
     }
     else lua_pop(L, 2);
   }
-  if (--o->readers == 0) buffer_free(&o->b);
+  o->decoded = 1;
   if (keep) {
-    lua_settop(L, base - 1);
+    lua_settop(L, base - 1);	/* closes the output */
     return replay(L, ti);
   }
   if (t->status == JOB_FAILED) return lua_error(L);
-  return n;
+  return n;			/* the output closes on return */
 }
 
 
@@ -483,6 +498,10 @@ int luaopen_isolate_core (lua_State *L) {
   luaL_newmetatable(L, ISOLATE_OUTPUT);
   lua_pushcfunction(L, output_gc);
   lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, output_close);
+  lua_setfield(L, -2, "__close");
+  lua_pushboolean(L, 0);	/* getmetatable(output) is false */
+  lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
   errortype(L, ISOLATE_REMOTEERROR, "RemoteError", remote_tostring);

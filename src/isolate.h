@@ -42,6 +42,11 @@
 #define ISOLATE_INLINE_STACK	(2u << 20)
 #endif
 
+/* C stack that an isolate's coroutine.close needs left to go on */
+#if !defined(ISOLATE_CLOSE_STACK)
+#define ISOLATE_CLOSE_STACK	(256u << 10)
+#endif
+
 /* deepest nesting of isolates: one started from inside another, and so on */
 #if !defined(ISOLATE_MAXNESTING)
 #define ISOLATE_MAXNESTING	200

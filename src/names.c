@@ -9,10 +9,11 @@
 ** checked before use (package.loaded[module][field] must still be that
 ** function), and a miss rebuilds the cache, at most once per encode.
 **
-** Everything here reads tables raw: finding a name runs no Lua code but
-** package.searchpath (when it is the library's own C function), which is
-** asked only to choose between two names of one value.
+** Everything here reads tables raw and runs no Lua code; whether a name
+** can be loaded (a file on the package paths) is asked only to choose
+** between two names of one value.
 */
+#include <stdio.h>
 #include <string.h>
 
 #include "lua.h"
@@ -42,21 +43,38 @@ static int isstdlib (const char *mod) {
 }
 
 
-/* package.searchpath(mod, package[field]) finds a file */
+/*
+** Does a template of the path package[field] name a file that opens, with
+** '?' replaced by 'mod' (dots made slashes)?  As package.searchpath does,
+** but without calling it: whatever package.searchpath holds, no Lua code
+** runs while names are found.
+*/
 static int searchable (lua_State *L, int pkg, const char *mod, const char *field) {
+  const char *path, *t;
   int found = 0;
-  lua_pushliteral(L, "searchpath");
-  lua_rawget(L, pkg);
   lua_pushstring(L, field);
   lua_rawget(L, pkg);
-  if (lua_iscfunction(L, -2) && lua_type(L, -1) == LUA_TSTRING) {
-    lua_pushstring(L, mod);
-    lua_insert(L, -2);
-    if (lua_pcall(L, 2, 1, 0) == LUA_OK)
-      found = (lua_type(L, -1) == LUA_TSTRING);
+  path = lua_tostring(L, -1);
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    luaL_gsub(L, mod, ".", LUA_DIRSEP);		/* the name as a file name */
+    for (t = path; !found && *t != '\0'; ) {
+      const char *end = strchr(t, *LUA_PATH_SEP);
+      size_t len = end != NULL ? (size_t)(end - t) : strlen(t);
+      if (len > 0) {
+        FILE *f;
+        lua_pushlstring(L, t, len);
+        luaL_gsub(L, lua_tostring(L, -1), LUA_PATH_MARK, lua_tostring(L, -2));
+        if ((f = fopen(lua_tostring(L, -1), "r")) != NULL) {
+          fclose(f);
+          found = 1;
+        }
+        lua_pop(L, 2);
+      }
+      t += len + (end != NULL);
+    }
     lua_pop(L, 1);
   }
-  else lua_pop(L, 2);
+  lua_pop(L, 1);
   return found;
 }
 

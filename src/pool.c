@@ -414,6 +414,15 @@ static void init_once (void) {
 }
 
 
+size_t pool_stackleft (void) {
+  Worker *w;
+  if (pthread_once(&key_once, init_once) != 0 ||
+      (w = (Worker *)pthread_getspecific(worker_key)) == NULL)
+    return (size_t)-1;
+  return stack_left(w);
+}
+
+
 Pool *pool_default (void) {
   Pool *p = &default_pool;
   if (!atomic_load_explicit(&started, memory_order_acquire)) {

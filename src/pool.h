@@ -12,6 +12,8 @@
 #ifndef pool_h
 #define pool_h
 
+#include <stddef.h>
+
 #include "buffer.h"
 
 typedef enum JobStatus {
@@ -35,6 +37,9 @@ void job_take_output (Job *j, Buffer *dst);
 void job_release (Pool *p, Job *j);
 
 void pool_submit (Pool *p, Job *j);
+
+/* bytes of C stack left to a thread of a pool ((size_t)-1 elsewhere) */
+size_t pool_stackleft (void);
 
 /*
 ** Wait up to 'ms' milliseconds for 'j' to end; true if it has.  With

@@ -19,14 +19,16 @@
 ** the way.  So that Lua code cannot catch it, the isolate's pcall, xpcall
 ** and coroutine.resume pass it on when they were already running when the
 ** exit began, or when what they caught is the exit itself; calls made
-** later, by cleanup code that runs while the exit unwinds, behave as
-** usual.  An exit that Lua cannot unwind from where it was asked (a
-** finalizer, a load reader, a __close run by coroutine.close: those
-** callers swallow errors) is raised again as soon as control is back in
-** Lua code of the isolate: by the wrappers of load, coroutine.close and
-** coroutine.resume, and for a finalizer, whose error the GC reports as a
-** warning, by one-shot count hooks (warnf).  A C module that catches
-** errors with its own lua_pcall can still stop an exit.
+** later, by cleanup code that runs while the exit unwinds (in a coroutine
+** that cleanup resumes, too), behave as usual, and no xpcall message
+** handler sees the exit.  An exit that Lua cannot unwind from where it was
+** asked (a finalizer, a load reader, a __close run by coroutine.close:
+** those callers swallow errors) is raised again as soon as control is back
+** in Lua code of the isolate: by the wrappers of load and coroutine.close,
+** by coroutine.resume and wrap when a coroutine comes back without it, and
+** for a finalizer by a one-shot count hook on the thread that runs it
+** (which goes on after the GC: hooks do not run inside finalizers).  A C
+** module that catches errors with its own lua_pcall can still stop an exit.
 */
 #define _POSIX_C_SOURCE 200809L	/* clock_gettime */
 #include <stdatomic.h>
@@ -42,6 +44,7 @@
 #include "isolate.h"
 #include "codec.h"
 #include "message.h"
+#include "pool.h"
 #include "state.h"
 
 
@@ -61,19 +64,23 @@ typedef struct Isolate {
   lua_Integer mark;		/* 'calls' when the exit began */
   unsigned long requests;	/* exits asked for (to see a swallowed one) */
   Buffer exitbuf;		/* isolate.exit's results */
-  lua_State *main;		/* the state's main thread */
-  lua_State *requester;		/* the outermost thread the exit went through */
-  int warning;			/* where the warning being written is (warnf) */
+  int unwinding;		/* an exit is unwinding where nothing swallows it */
   size_t allocs, failat;	/* allocation-failure injection (tests) */
   size_t failsize;
 } Isolate;
 
 static const char exit_value = 0;	/* the error value that unwinds an exit */
 static const char msgh_key = 0;		/* registry: the message handler */
-static const char requester_key = 0;	/* registry: keeps 'requester' alive */
 
 #define EXITING(L)	lua_pushlightuserdata(L, (void *)&exit_value)
 #define ISEXIT(L,i)	(lua_touserdata(L, i) == (void *)&exit_value)
+
+/*
+** A coroutine resumed while an exit unwinds runs cleanup code: its pcalls
+** catch as usual, even those that were running (suspended) when the exit
+** began.  A flag in the thread's extra space, zero in a new thread.
+*/
+#define RESUMEDLATE(co)	(*(unsigned char *)lua_getextraspace(co))
 
 /* test hook: the next isolate to run fails its failalloc-th allocation */
 static atomic_size_t failalloc;
@@ -132,7 +139,30 @@ void state_failalloc (size_t n) {
 ** =======================================================
 */
 
-/* unwind from here: this thread needs no hook to raise it again */
+/*
+** Is this code run by a finalizer (maybe in a coroutine that the finalizer
+** resumed)?  Then the GC will swallow an exit raised here.  Lua 5.4.4 and
+** later refuse lua_gc inside finalizers; before, a finalizer's frame is
+** named "__gc".
+*/
+static int infinalizer (lua_State *L) {
+#if LUA_VERSION_RELEASE_NUM >= 50404
+  return lua_gc(L, LUA_GCISRUNNING) < 0;
+#else
+  lua_Debug ar;
+  int level;
+  for (level = 1; level <= 1000 && lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "n", &ar);
+    if (ar.namewhat != NULL && strcmp(ar.namewhat, "metamethod") == 0 &&
+        ar.name != NULL && strcmp(ar.name, "__gc") == 0)
+      return 1;
+  }
+  return 0;
+#endif
+}
+
+
+/* raise the exit here, where (but in a finalizer) it unwinds for good */
 static int unwind (lua_State *L);
 
 static void exit_hook (lua_State *L, lua_Debug *ar) {
@@ -141,53 +171,26 @@ static void exit_hook (lua_State *L, lua_Debug *ar) {
 }
 
 static int unwind (lua_State *L) {
-  if (lua_gethook(L) == exit_hook) lua_sethook(L, NULL, 0, 0);
+  if (!infinalizer(L)) {	/* else through() armed the hook: it stays */
+    if (lua_gethook(L) == exit_hook) lua_sethook(L, NULL, 0, 0);
+    current(L)->unwinding = 1;
+  }
   EXITING(L);
   return lua_error(L);
 }
 
 
 /*
-** The exit went through thread L: the outermost such thread is the one
-** that goes on if the exit is swallowed there (warnf).  The registry keeps
-** it alive (its slot exists: this does not allocate).
+** The exit goes through thread L (it was asked for there, or it left a
+** coroutine into L).  Inside a finalizer, unless an exit already unwinds
+** elsewhere, the GC will swallow it: L gets a one-shot count hook that
+** raises it at L's next instruction, after the GC.  The outermost thread
+** that it goes through, the one that ran the finalizer, is the one that
+** goes on.
 */
 static void through (lua_State *L, Isolate *iso) {
-  iso->requester = L;
-  lua_pushthread(L);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &requester_key);
-}
-
-
-/*
-** The warnings of an isolate are dropped, but one is a sign: a finalizer
-** failed with an error object that is not a string ("error in __gc (error
-** object is not a string)"), and if an exit is under way, that was the
-** exit, which the GC swallowed.  The finalizer ran on the outermost thread
-** the exit went through (coroutine.resume and wrap note it): that thread
-** goes on, or the main thread; both raise it again at their next Lua
-** instruction, through a one-shot count hook.  (Hooks do not run inside
-** finalizers, so neither fires before the GC is done.)  A coroutine that
-** hands control back to its resumer raises it there (resume, wrap).
-*/
-static void warnf (void *ud, const char *msg, int tocont) {
-  Isolate *iso = (Isolate *)ud;
-  enum { START, ERROR_IN, GC, OPEN, OTHER };	/* the parts seen so far */
-  switch (iso->warning) {
-    case START: iso->warning = strcmp(msg, "error in ") == 0 ? ERROR_IN : OTHER; break;
-    case ERROR_IN: iso->warning = strcmp(msg, "__gc") == 0 ? GC : OTHER; break;
-    case GC: iso->warning = strcmp(msg, " (") == 0 ? OPEN : OTHER; break;
-    case OPEN:
-      iso->warning = OTHER;
-      if (strcmp(msg, "error object is not a string") == 0 &&
-          iso->exit != EXIT_NONE && !iso->final) {
-        lua_sethook(iso->main, exit_hook, LUA_MASKCOUNT, 1);
-        lua_sethook(iso->requester, exit_hook, LUA_MASKCOUNT, 1);
-      }
-      break;
-    default: break;
-  }
-  if (!tocont) iso->warning = START;
+  if (!iso->unwinding && infinalizer(L))
+    lua_sethook(L, exit_hook, LUA_MASKCOUNT, 1);
 }
 
 
@@ -236,7 +239,8 @@ static int os_exit (lua_State *L) {
 */
 static int passes (lua_State *L, lua_Integer id) {
   Isolate *iso = current(L);
-  return iso->exit != EXIT_NONE && (id <= iso->mark || ISEXIT(L, -1));
+  return iso->exit != EXIT_NONE &&
+         ((id <= iso->mark && !RESUMEDLATE(L)) || ISEXIT(L, -1));
 }
 
 
@@ -266,10 +270,22 @@ static int isolate_pcall (lua_State *L) {
   return finishpcall(L, status, ctx);
 }
 
+/* the user's message handler (upvalue), which an exit passes by */
+static int xpcall_handler (lua_State *L) {
+  if (ISEXIT(L, 1)) return 1;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
 static int isolate_xpcall (lua_State *L) {
   lua_KContext ctx = ((lua_KContext)(++current(L)->calls) << 2) | 2;
   int status, n = lua_gettop(L);
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushvalue(L, 2);
+  lua_pushcclosure(L, xpcall_handler, 1);
+  lua_replace(L, 2);
   lua_pushboolean(L, 1);
   lua_pushvalue(L, 1);
   lua_rotate(L, 3, 2);
@@ -329,6 +345,7 @@ static int isolate_resume (lua_State *L) {
   lua_State *co = lua_tothread(L, 1);
   int n;
   luaL_argexpected(L, co != NULL, 1, "coroutine");
+  if (iso->exit != EXIT_NONE) RESUMEDLATE(co) = 1;
   n = auxresume(L, co, lua_gettop(L) - 1);	/* the coroutine stays at 1 */
   if (n < 0) {
     if (passes(L, id)) {
@@ -352,7 +369,9 @@ static int isolate_auxwrap (lua_State *L) {
   Isolate *iso = current(L);
   unsigned long requests = iso->requests;
   lua_State *co = lua_tothread(L, lua_upvalueindex(1));
-  int n = auxresume(L, co, lua_gettop(L));
+  int n;
+  if (iso->exit != EXIT_NONE) RESUMEDLATE(co) = 1;
+  n = auxresume(L, co, lua_gettop(L));
   if (n < 0) {			/* as lcorolib.c's auxwrap */
     int status = lua_status(co);
     if (status != LUA_OK && status != LUA_YIELD) {
@@ -403,7 +422,13 @@ static int isolate_swallower (lua_State *L) {
     luaL_optstring(L, 2, NULL);
     luaL_optstring(L, 3, NULL);
   }
-  else luaL_argexpected(L, lua_type(L, 1) == LUA_TTHREAD, 1, "coroutine");
+  else {
+    luaL_argexpected(L, lua_type(L, 1) == LUA_TTHREAD, 1, "coroutine");
+    /* Lua 5.4.4 counts no C calls for a __close that closes a coroutine
+       whose __close closes another...: the thread's stack would overflow */
+    if (pool_stackleft() < ISOLATE_CLOSE_STACK)
+      luaL_error(L, "C stack overflow (coroutines closing each other)");
+  }
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
   lua_call(L, n, LUA_MULTRET);
@@ -471,7 +496,6 @@ static void seed (lua_State *L) {
 
 /* the libraries, and the functions that differ inside an isolate */
 static int prepare (lua_State *L) {
-  Isolate *iso = current(L);
   luaL_openlibs(L);
   lua_pushglobaltable(L);
   lua_pushcfunction(L, isolate_pcall);
@@ -493,10 +517,6 @@ static int prepare (lua_State *L) {
   lua_pushnil(L);
   lua_pushcclosure(L, msgh, 1);		/* made here: state_run must not allocate */
   lua_rawsetp(L, LUA_REGISTRYINDEX, &msgh_key);
-  lua_pushthread(L);			/* the slot exists: request() cannot fail */
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &requester_key);
-  iso->main = iso->requester = L;
-  lua_setwarnf(L, warnf, iso);
   return 0;
 }
 
@@ -574,7 +594,8 @@ static void failure (lua_State *L, Isolate *iso, int status) {
   lua_getupvalue(L, 1, 1);	/* msgh's traceback */
   if (lua_pcall(L, 5, 0, 0) != LUA_OK) {
     buffer_free(iso->out);
-    message_putplain(iso->out, kind, status == LUA_ERRMEM ? "not enough memory"
+    message_putplain(iso->out, kind, iso->exit != EXIT_NONE ? "Computation ended without result"
+                                     : status == LUA_ERRMEM ? "not enough memory"
                                      : "error while reporting an error");
   }
 }
