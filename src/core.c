@@ -58,8 +58,9 @@ typedef struct Output {
 /*
 ** A decoder marks its Output to-be-closed: when it returns or fails, it is
 ** one reader less, and the last reader frees the buffer once a decode went
-** through.  __gc frees it only when no decoder holds it (it can be called
-** by hand, through the debug library).
+** through.  (Out of memory, a __close may not run: then __gc frees it, as
+** the collector finds it unreachable; the metatable is hidden, so that only
+** the debug library can call __gc by hand.)
 */
 static int output_close (lua_State *L) {
   Output *o = (Output *)luaL_checkudata(L, 1, ISOLATE_OUTPUT);
@@ -68,8 +69,7 @@ static int output_close (lua_State *L) {
 }
 
 static int output_gc (lua_State *L) {
-  Output *o = (Output *)luaL_checkudata(L, 1, ISOLATE_OUTPUT);
-  if (o->readers == 0) buffer_free(&o->b);
+  buffer_free(&((Output *)luaL_checkudata(L, 1, ISOLATE_OUTPUT))->b);
   return 0;
 }
 
