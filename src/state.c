@@ -78,7 +78,8 @@ static const char msgh_key = 0;		/* registry: the message handler */
 /*
 ** A coroutine resumed while an exit unwinds runs cleanup code: its pcalls
 ** catch as usual, even those that were running (suspended) when the exit
-** began.  A flag in the thread's extra space, zero in a new thread.
+** began.  A flag in the thread's extra space, which a new thread copies
+** from the main thread's, zeroed by state_new.
 */
 #define RESUMEDLATE(co)	(*(unsigned char *)lua_getextraspace(co))
 
@@ -530,6 +531,7 @@ lua_State *state_new (void) {
     free(iso);
     return NULL;
   }
+  memset(lua_getextraspace(L), 0, LUA_EXTRASPACE);	/* threads copy it */
   lua_pushcfunction(L, prepare);
   if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
     lua_close(L);
