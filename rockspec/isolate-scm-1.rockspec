@@ -33,7 +33,8 @@ build = {
    modules = {
       ["isolate"] = "lua/isolate/init.lua",
       ["isolate.core"] = {
-         sources = { "src/core.c", "src/codec.c", "src/buffer.c", "src/pool.c", "src/state.c" },
+         sources = { "src/core.c", "src/codec.c", "src/names.c", "src/message.c",
+                     "src/buffer.c", "src/pool.c", "src/state.c" },
          incdirs = { "src" },
          libraries = { "pthread" },
       },
