@@ -345,7 +345,10 @@ describe("task:await(timeout)", function()
     local t = isolate.spawn(function() local t0 = os.clock() while os.clock() - t0 < 0.5 do end end)
     local t0 = clock()
     for _ = 1, 20 do pcall(t.await, t, 0) end
-    assert.is_true(clock() - t0 < 0.1, "20 polls took " .. (clock() - t0) .. " s")
+    -- (valgrind runs one thread at a time: a poll waits for its turn)
+    if os.getenv("ISOLATE_SPEC_UNDER_TOOL") == nil then
+      assert.is_true(clock() - t0 < 0.1, "20 polls took " .. (clock() - t0) .. " s")
+    end
   end)
 
   it("checks its argument", function()
