@@ -351,6 +351,21 @@ describe("task:await(timeout)", function()
     end
   end)
 
+  it("takes math.huge for no limit: a queued task is then run by the waiting worker", function()
+    local n = isolate.cpus() + 1
+    assert.equal(n, isolate.run(function(count)
+      local parents = {}
+      for i = 1, count do
+        parents[i] = isolate.spawn(function()
+          return isolate.spawn(function() return 1 end):await(math.huge)
+        end)
+      end
+      local sum = 0
+      for i = 1, count do sum = sum + parents[i]:await(math.huge) end
+      return sum
+    end, n))
+  end)
+
   it("checks its argument", function()
     local task = isolate.spawn(function() return 1 end)
     assert.has_error(function() task:await(-1) end, "bad argument #1 to 'await' (timeout must be a number >= 0)")

@@ -3,6 +3,7 @@
 */
 #define _GNU_SOURCE		/* dladdr */
 #include <dlfcn.h>
+#include <math.h>
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
@@ -266,7 +267,7 @@ static double opttimeout (lua_State *L, int arg) {
   if (lua_isnoneornil(L, arg)) return -1;
   timeout = luaL_checknumber(L, arg);
   luaL_argcheck(L, timeout >= 0, arg, "timeout must be a number >= 0");
-  return (double)timeout;
+  return timeout >= HUGE_VAL ? -1 : (double)timeout;	/* math.huge: no limit */
 }
 
 

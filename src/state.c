@@ -303,15 +303,35 @@ static int isolate_xpcall (lua_State *L) {
 */
 
 /* the error on top killed 'co': close its to-be-closed variables */
+static int closethread (lua_State *L, lua_State *co) {
+  /* Lua 5.4.4 counts no C calls for a __close that closes a coroutine
+     whose __close closes another...: the thread's stack would overflow */
+  if (pool_stackleft() < ISOLATE_CLOSE_STACK)
+    luaL_error(L, "C stack overflow (coroutines closing each other)");
+#if LUA_VERSION_RELEASE_NUM >= 50406
+  return lua_closethread(co, L);
+#else
+  return lua_resetthread(co);
+#endif
+}
+
 static void close_dead (lua_State *L, lua_State *co) {
   int status = lua_status(co);
-  if (status != LUA_OK && status != LUA_YIELD) {
-#if LUA_VERSION_RELEASE_NUM >= 50406
-    lua_closethread(co, L);
-#else
-    (void)L;
-    lua_resetthread(co);
-#endif
+  if (status != LUA_OK && status != LUA_YIELD) closethread(L, co);
+}
+
+
+/*
+** A coroutine came back to its resumer (L) although an exit was asked for
+** inside it ('requests' then): swallowed there, or still unwinding in it
+** when a __close yielded.  What it left open is closed, then the exit is
+** raised in L.
+*/
+static void exit_after (lua_State *L, lua_State *co, unsigned long requests) {
+  Isolate *iso = current(L);
+  if (iso->requests != requests && !iso->final) {
+    if (lua_status(co) == LUA_YIELD) closethread(L, co);
+    unwind(L);
   }
 }
 
@@ -358,8 +378,7 @@ static int isolate_resume (lua_State *L) {
     lua_insert(L, -2);
     return 2;
   }
-  if (iso->requests != requests && !iso->final)
-    return unwind(L);		/* asked for in there, and swallowed */
+  exit_after(L, co, requests);
   lua_pushboolean(L, 1);
   lua_insert(L, -(n + 1));
   return n + 1;
@@ -387,8 +406,7 @@ static int isolate_auxwrap (lua_State *L) {
     }
     return lua_error(L);
   }
-  if (iso->requests != requests && !iso->final)
-    return unwind(L);		/* asked for in there, and swallowed */
+  exit_after(L, co, requests);
   return n;
 }
 
@@ -405,31 +423,45 @@ static int isolate_wrap (lua_State *L) {
 
 
 /*
-** load and coroutine.close catch the errors of what they run (a reader, a
-** __close): an exit asked for in there is raised again on their return.
-** They are the library's own (upvalue 1), called with the arguments
-** checked as the original checks them (upvalue 2 says how), so that the
-** original, called from C and so without a name, raises no "bad argument
-** #1 to '?'".
+** coroutine.close, as lcorolib.c's: a __close it runs may ask for an exit,
+** which it swallows (it returns false and the error): raised again here.
 */
-enum Swallower { S_LOAD, S_CLOSE };
+static int isolate_close (lua_State *L) {
+  Isolate *iso = current(L);
+  unsigned long requests = iso->requests;
+  lua_State *co = lua_tothread(L, 1);
+  lua_Debug ar;
+  int status;
+  luaL_argexpected(L, co != NULL, 1, "coroutine");
+  status = lua_status(co);
+  if (co == L || (status == LUA_OK && lua_getstack(co, 0, &ar)))
+    return luaL_error(L, "cannot close a %s coroutine", co == L ? "running" : "normal");
+  status = closethread(L, co);
+  if (iso->requests != requests && !iso->final) return unwind(L);
+  if (status == LUA_OK) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushboolean(L, 0);
+  lua_xmove(co, L, 1);		/* the error */
+  return 2;
+}
 
-static int isolate_swallower (lua_State *L) {
+
+/*
+** load runs a reader, whose errors it catches (it returns nil and the
+** error): an exit asked for in there is raised again on its return.  The
+** library's load (upvalue) is called with the arguments checked as it
+** checks them, so that, called from C and so without a name, it raises no
+** "bad argument #1 to '?'".
+*/
+static int isolate_load (lua_State *L) {
   Isolate *iso = current(L);
   unsigned long requests = iso->requests;
   int n = lua_gettop(L);
-  if (lua_tointeger(L, lua_upvalueindex(2)) == S_LOAD) {
-    if (lua_type(L, 1) != LUA_TSTRING) luaL_checktype(L, 1, LUA_TFUNCTION);
-    luaL_optstring(L, 2, NULL);
-    luaL_optstring(L, 3, NULL);
-  }
-  else {
-    luaL_argexpected(L, lua_type(L, 1) == LUA_TTHREAD, 1, "coroutine");
-    /* Lua 5.4.4 counts no C calls for a __close that closes a coroutine
-       whose __close closes another...: the thread's stack would overflow */
-    if (pool_stackleft() < ISOLATE_CLOSE_STACK)
-      luaL_error(L, "C stack overflow (coroutines closing each other)");
-  }
+  if (!lua_isstring(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_optstring(L, 2, NULL);
+  luaL_optstring(L, 3, NULL);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
   lua_call(L, n, LUA_MULTRET);
@@ -469,15 +501,6 @@ static int msgh (lua_State *L) {
 }
 
 
-/* replace table[name] (table at -1) by a swallower of the old value */
-static void swallower (lua_State *L, const char *name, enum Swallower kind) {
-  lua_getfield(L, -1, name);
-  lua_pushinteger(L, kind);
-  lua_pushcclosure(L, isolate_swallower, 2);
-  lua_setfield(L, -2, name);
-}
-
-
 /*
 ** Every isolate draws its own random numbers: Lua seeds from the time and
 ** a state's address, and a worker gets the same address back for the next
@@ -503,7 +526,9 @@ static int prepare (lua_State *L) {
   lua_setfield(L, -2, "pcall");
   lua_pushcfunction(L, isolate_xpcall);
   lua_setfield(L, -2, "xpcall");
-  swallower(L, "load", S_LOAD);
+  lua_getfield(L, -1, "load");
+  lua_pushcclosure(L, isolate_load, 1);
+  lua_setfield(L, -2, "load");
   lua_getfield(L, -1, "os");
   lua_pushcfunction(L, os_exit);
   lua_setfield(L, -2, "exit");
@@ -512,7 +537,8 @@ static int prepare (lua_State *L) {
   lua_setfield(L, -2, "resume");
   lua_pushcfunction(L, isolate_wrap);
   lua_setfield(L, -2, "wrap");
-  swallower(L, "close", S_CLOSE);
+  lua_pushcfunction(L, isolate_close);
+  lua_setfield(L, -2, "close");
   lua_getfield(L, -3, "math");
   seed(L);
   lua_pushnil(L);
