@@ -142,7 +142,8 @@ static int timedout (lua_State *L, Task *t, double timeout) {
 
 /*
 ** Push the output buffer of the task at 'ti', waiting for its job to end
-** (at most 'timeout' seconds; < 0: no limit).  The wait goes in slices,
+** (at most 'timeout' seconds; < 0: no limit; then a TimeoutError, or with
+** 'raise' false NULL, nothing pushed).  The wait goes in slices,
 ** and a hook that is set (the standalone interpreter's answer to Ctrl-C,
 ** maybe posted while the arguments were encoded) gets a call to run in,
 ** once at the start and again whenever it changes, so an interrupt raises
@@ -150,7 +151,7 @@ static int timedout (lua_State *L, Task *t, double timeout) {
 ** Lua code may run there, and finalizers in any allocation: the task may
 ** have been taken (re-entered await) or closed (__gc) on return of either.
 */
-static Output *output (lua_State *L, int ti, double timeout) {
+static Output *output (lua_State *L, int ti, double timeout, int raise) {
   Task *t = (Task *)lua_touserdata(L, ti);
   lua_Hook hook = NULL;		/* a hook set before the wait runs first */
   int mask = 0, count = 0;
@@ -173,7 +174,10 @@ static Output *output (lua_State *L, int ti, double timeout) {
       if (left < (double)ms / 1000) ms = left > 0 ? (long)(left * 1000) : 0;
     }
     if (pool_wait(t->pool, t->job, ms, timeout < 0)) break;
-    if (timeout >= 0 && now() >= deadline) timedout(L, t, timeout);
+    if (timeout >= 0 && now() >= deadline) {
+      if (raise) timedout(L, t, timeout);
+      return NULL;
+    }
   }
   o = (Output *)lua_newuserdatauv(L, sizeof(Output), 0);
   memset(o, 0, sizeof(Output));
@@ -224,7 +228,7 @@ static int collect (lua_State *L, int ti, int keep, double timeout) {
   Reader r;
   int n, base, i;
   if (keep && (n = replay(L, ti)) >= 0) return n;
-  o = output(L, ti, timeout);
+  o = output(L, ti, timeout, 1);
   if (keep && (n = replay(L, ti)) >= 0) return n;	/* a re-entered await did it */
   base = lua_gettop(L);
   o->readers++;
@@ -277,6 +281,35 @@ static int task_await (lua_State *L) {
   timeout = opttimeout(L, 2);
   lua_settop(L, 1);
   return collect(L, 1, 1, timeout);
+}
+
+
+/* true once the task has ended (in any way), false on timeout */
+static int task_wait (lua_State *L) {
+  double timeout;
+  checktask(L);
+  timeout = opttimeout(L, 2);
+  lua_settop(L, 1);
+  lua_pushboolean(L, lua_getiuservalue(L, 1, OUTCOME) != LUA_TNIL ||
+                     output(L, 1, timeout, 0) != NULL);
+  return 1;
+}
+
+
+/* like pcall(task.await, task): true and the results, or false and the error */
+static int task_result (lua_State *L) {
+  checktask(L);
+  lua_settop(L, 1);
+  lua_pushcfunction(L, task_await);
+  lua_insert(L, 1);
+  if (lua_pcall(L, 1, LUA_MULTRET, 0) != LUA_OK) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, 1);
+  return lua_gettop(L);
 }
 
 
@@ -443,6 +476,8 @@ static void pin_library (void) {
 
 static const luaL_Reg task_methods[] = {
   {"await", task_await},
+  {"wait", task_wait},
+  {"result", task_result},
   {"status", task_status},
   {"done", task_done},
   {NULL, NULL}
