@@ -65,6 +65,17 @@ void buffer_move (Buffer *dst, Buffer *src) {
 }
 
 
+int buffer_copy (Buffer *dst, const Buffer *src) {
+  const Chunk *c;
+  for (c = src->head; c != NULL; c = c->next) {
+    unsigned char *p = buffer_reserve(dst, c->used);
+    if (p == NULL) return 0;
+    memcpy(p, c->data, c->used);
+  }
+  return 1;
+}
+
+
 static int buffer_gc (lua_State *L) {
   buffer_free((Buffer *)luaL_checkudata(L, 1, "isolate.Buffer"));
   return 0;

@@ -33,6 +33,8 @@ void buffer_free (Buffer *b);
 /* append the chunks of 'src' to 'dst' (no copy); 'src' is left empty */
 void buffer_append (Buffer *dst, Buffer *src);
 
+/* append a copy of the bytes of 'src' to 'dst'; 0 when memory runs out */
+int buffer_copy (Buffer *dst, const Buffer *src);
 /* move the contents of 'src' to 'dst' (freeing what 'dst' held); 'src' is left empty */
 void buffer_move (Buffer *dst, Buffer *src);
 

@@ -147,7 +147,7 @@ int codec_putstrings (Buffer *b, const char *const *s, int n) {
 
 /* one step of the path to the value being encoded, for error messages */
 typedef struct Step {
-  enum { S_ARG, S_RESULT, S_VALUE, S_UPVALUE, S_FIELD, S_INDEX, S_KEYOF,
+  enum { S_ARG, S_RESULT, S_VALUE, S_ITEM, S_ITEMRESULT, S_UPVALUE, S_FIELD, S_INDEX, S_KEYOF,
          S_KEY, S_METATABLE } kind;
   int idx;			/* stack index: S_UPVALUE's function, S_KEYOF's key */
   lua_Integer n;		/* S_ARG, S_RESULT, S_VALUE, S_INDEX */
@@ -177,6 +177,8 @@ static void render_step (lua_State *L, const Step *s) {
     case S_ARG: lua_pushfstring(L, "argument #%I", (LUAI_UACINT)s->n); break;
     case S_RESULT: lua_pushfstring(L, "result #%I", (LUAI_UACINT)s->n); break;
     case S_VALUE: lua_pushfstring(L, "value #%I", (LUAI_UACINT)s->n); break;
+    case S_ITEM: lua_pushfstring(L, "item #%I", (LUAI_UACINT)s->n); break;
+    case S_ITEMRESULT: lua_pushfstring(L, "result of item #%I", (LUAI_UACINT)s->n); break;
     case S_UPVALUE:
       lua_pushvalue(L, s->idx);
       lua_getinfo(L, ">S", &ar);
@@ -594,7 +596,13 @@ static void put_names (Encoder *e, unsigned char *offset, size_t start) {
 ** owner frees or resets it.  The stack is as it was on return.
 */
 void codec_encode (lua_State *L, Buffer *b, int first, int n, Role role) {
-  static const int stepkind[] = {S_ARG, S_RESULT, S_VALUE};
+  codec_encodelist(L, b, first, n, role, 0);
+}
+
+
+void codec_encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
+                       lua_Integer base) {
+  static const int stepkind[] = {S_ARG, S_RESULT, S_VALUE, S_ITEM, S_ITEMRESULT};
   Encoder e;
   int top = lua_gettop(L), i;
   size_t start = b->total;
@@ -619,7 +627,7 @@ void codec_encode (lua_State *L, Buffer *b, int first, int n, Role role) {
   offset = reserve(&e, OFFSET_SIZE);
   put_le(offset, 0, OFFSET_SIZE);
   for (i = 0; i < n; i++) {
-    step(&e, stepkind[role], 0, i + 1, NULL);
+    step(&e, stepkind[role], 0, base + i + 1, NULL);
     encode(&e, first + i);
     unstep(&e);
   }

@@ -18,7 +18,9 @@
 typedef enum Role {
   ROLE_CALL,		/* a function and its arguments: "argument #2 > ..." */
   ROLE_RESULT,		/* results: "result #1 > ..." */
-  ROLE_VALUE		/* isolate.encode's values: "value #1 > ..." */
+  ROLE_VALUE,		/* isolate.encode's values: "value #1 > ..." */
+  ROLE_ITEM,		/* a map's items: "item #7 > ..." */
+  ROLE_ITEMRESULT	/* their results: "result of item #7 > ..." */
 } Role;
 
 /*
@@ -28,6 +30,9 @@ typedef enum Role {
 #define CODEC_TRUSTED	1
 
 void codec_encode (lua_State *L, Buffer *b, int first, int n, Role role);
+/* the same, the values numbered from 'base' + 1 in error messages */
+void codec_encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
+                       lua_Integer base);
 int codec_decode (lua_State *L, Reader *r, int flags);
 
 /* a message of 'n' strings (NULL: nil), written without Lua; 0: no memory */

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -33,13 +34,16 @@
 ** its readers, so nothing frees it under a decoder: not a re-entered await
 ** (a finalizer can run during any allocation of the decoder), not an
 ** explicit __gc.  The decoded outcome is user value 1: a table {n = n,
-** ...} of the results, or the RemoteError.
+** ...} of the results, or the RemoteError.  A task holds a reference to
+** its pool while it holds its job.
 */
 typedef struct Task {
   Job *job;			/* NULL once its output is taken, or after __gc */
   Pool *pool;
   unsigned long id;
-  JobStatus status;		/* JOB_DONE or JOB_FAILED once taken */
+  JobStatus status;		/* final once taken */
+  unsigned long endseq;		/* the job's, once taken */
+  int seen;			/* its error was raised or returned to someone */
 } Task;
 
 typedef struct Output {
@@ -48,12 +52,13 @@ typedef struct Output {
   int decoded;			/* one decode went through: no need to keep it */
 } Output;
 
-#define checktask(L)	((Task *)luaL_checkudata(L, 1, ISOLATE_TASK))
+#define checktask(L,i)	((Task *)luaL_checkudata(L, i, ISOLATE_TASK))
 
 #define OUTCOME		1	/* user values of a Task */
 #define OUTPUT		2
 
 #define ISOLATE_OUTPUT	"isolate.Output"
+#define ISOLATE_POOL	"isolate.Pool"
 
 
 /*
@@ -84,7 +89,211 @@ static Output *getoutput (lua_State *L, int ti) {
 }
 
 
-static Pool *getpool (lua_State *L) {
+/* the task let go of its job (and so of its pool) */
+static void letgo (Task *t) {
+  job_release(t->pool, t->job);
+  pool_release(t->pool);
+  t->job = NULL;
+}
+
+
+/*
+** {------------------------------------------------------
+** The life of a caller's tasks
+** -------------------------------------------------------
+*/
+
+/*
+** When the caller's state closes (the end of a script, lua_close from a
+** host), its tasks are cancelled: those it still has a handle on, and
+** those whose handles were collected while they ran (which go on, for
+** nobody, until then).  lua_close runs every finalizer, reachable objects
+** included, without clearing weak tables first, while a collection clears
+** an unreachable task from weak values before its finalizer runs: so a
+** task that finds itself in the registry's weak table LIVE is being
+** finalized by lua_close.  The jobs of collected handles are kept in the
+** Orphans userdata of the registry, whose finalizer runs at lua_close
+** only.  A failed task collected with its error unseen says so in a
+** warning.
+*/
+static const char live_key = 0;		/* registry: weak table, task -> task */
+static const char orphans_key = 0;	/* registry: the Orphans */
+
+typedef struct Orphan {
+  Job *job;
+  Pool *pool;
+  unsigned long id;
+} Orphan;
+
+typedef struct Orphans {
+  Orphan *list;			/* from the state's allocator */
+  int n, size;
+} Orphans;
+
+
+static int closing (lua_State *L, int ti) {
+  int is;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &live_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_rawgetp(L, -1, lua_touserdata(L, ti));
+  is = lua_rawequal(L, -1, ti);
+  lua_pop(L, 2);
+  return is;
+}
+
+
+/* the message of a failure record, for a warning (under lua_pcall) */
+static int pushlost (lua_State *L) {
+  Reader r;
+  reader_init(&r, (Buffer *)lua_touserdata(L, 1));
+  message_pushfailure(L, &r);
+  lua_getfield(L, -1, "message");
+  return 1;
+}
+
+static void warnlost (lua_State *L, unsigned long id, Buffer *record) {
+  lua_pushcfunction(L, pushlost);
+  lua_pushlightuserdata(L, record);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushliteral(L, "?");
+  }
+  lua_pushfstring(L, "isolate: task %I failed and nobody saw its error: %s",
+                  (LUAI_UACINT)id, lua_tostring(L, -1));
+  lua_warning(L, lua_tostring(L, -1), 0);
+  lua_pop(L, 2);
+}
+
+
+/* an orphan that has ended is let go of (with a warning if it failed) */
+static int bury (lua_State *L, Orphan *o) {
+  Buffer record = BUFFER_INIT;
+  JobStatus s = job_status(o->pool, o->job);
+  if (s != JOB_DONE && s != JOB_FAILED && s != JOB_CANCELLED) return 0;
+  if (s == JOB_FAILED) {
+    job_take_output(o->job, &record);
+    warnlost(L, o->id, &record);
+    buffer_free(&record);
+  }
+  job_release(o->pool, o->job);
+  pool_release(o->pool);
+  return 1;
+}
+
+
+static int orphans_gc (lua_State *L) {
+  Orphans *os = (Orphans *)lua_touserdata(L, 1);
+  void *ud;
+  lua_Alloc alloc = lua_getallocf(L, &ud);
+  int i;
+  for (i = 0; i < os->n; i++) {
+    if (!bury(L, &os->list[i])) {
+      job_cancel(os->list[i].pool, os->list[i].job);
+      job_release(os->list[i].pool, os->list[i].job);
+      pool_release(os->list[i].pool);
+    }
+  }
+  alloc(ud, os->list, sizeof(Orphan) * (size_t)os->size, 0);
+  os->list = NULL;
+  os->n = os->size = 0;
+  return 0;
+}
+
+
+/* the task's handle is collected while its job goes on: keep the job */
+static void adopt (lua_State *L, Task *t) {
+  Orphans *os;
+  int i, n;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &orphans_key) != LUA_TUSERDATA) {
+    lua_pop(L, 1);
+    letgo(t);			/* no Orphans: cannot happen, but never leak */
+    return;
+  }
+  os = (Orphans *)lua_touserdata(L, -1);
+  for (i = n = 0; i < os->n; i++)	/* bury the ended ones first */
+    if (!bury(L, &os->list[i])) os->list[n++] = os->list[i];
+  os->n = n;
+  if (os->n == os->size) {
+    void *ud;
+    lua_Alloc alloc = lua_getallocf(L, &ud);
+    int size = os->size == 0 ? 16 : 2 * os->size;
+    Orphan *list = (Orphan *)alloc(ud, os->list, sizeof(Orphan) * (size_t)os->size,
+                                   sizeof(Orphan) * (size_t)size);
+    if (list == NULL) {		/* in a finalizer: no error, the job goes on alone */
+      lua_pop(L, 1);
+      letgo(t);
+      return;
+    }
+    os->list = list;
+    os->size = size;
+  }
+  os->list[os->n].job = t->job;
+  os->list[os->n].pool = t->pool;
+  os->list[os->n].id = t->id;
+  os->n++;
+  t->job = NULL;		/* the Orphans hold its references now */
+  lua_pop(L, 1);
+}
+
+
+/* the registry's weak table of live tasks and its Orphans, made once */
+static void lifecycle (lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &live_key) == LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &live_key);
+  memset(lua_newuserdatauv(L, sizeof(Orphans), 0), 0, sizeof(Orphans));
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, orphans_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &orphans_key);
+}
+
+
+/*
+** A handle collected: its job goes on (kept as an orphan), unless the
+** state is closing, which cancels it.  A failure nobody saw is a warning.
+*/
+static int task_gc (lua_State *L) {
+  Task *t = checktask(L, 1);
+  if (t->job != NULL) {
+    JobStatus s = job_status(t->pool, t->job);
+    if (s == JOB_FAILED && !t->seen) {
+      Buffer record = BUFFER_INIT;
+      job_take_output(t->job, &record);
+      warnlost(L, t->id, &record);
+      buffer_free(&record);
+    }
+    if (s == JOB_QUEUED || s == JOB_RUNNING) {
+      if (closing(L, 1)) job_cancel(t->pool, t->job);
+      else {
+        adopt(L, t);
+        return 0;
+      }
+    }
+    letgo(t);
+  }
+  else if (t->status == JOB_FAILED && !t->seen) {
+    Output *o = getoutput(L, 1);
+    if (o != NULL && o->b.total > 0) warnlost(L, t->id, &o->b);
+  }
+  return 0;
+}
+
+/* }------------------------------------------------------ */
+
+
+static Pool *defaultpool (lua_State *L) {
   Pool *p = pool_default();
   if (p == NULL) luaL_error(L, "isolate: cannot start worker threads");
   return p;
@@ -92,31 +301,48 @@ static Pool *getpool (lua_State *L) {
 
 
 /*
-** Encode the function at 1 and the arguments above it into a new job and
-** queue it.  The Task userdata owns the job from its birth, so an error
-** while encoding (a value that cannot travel) frees it through __gc.
+** A new task of pool 'p', queued, with its input written by 'put' from the
+** values of the stack; it is pushed.  The Task userdata owns the job from
+** its birth, so an error while encoding (a value that cannot travel) frees
+** it through __gc.
 */
-static Task *submit (lua_State *L) {
-  int n = lua_gettop(L);
+typedef void (*PutInput) (lua_State *L, Buffer *b, void *ud);
+
+static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud) {
   int depth = state_depth(L) + 1;
-  Pool *p;
+  const char *why;
   Task *t;
   if (depth > ISOLATE_MAXNESTING)
     luaL_error(L, "isolate: isolates nested more than %d deep", ISOLATE_MAXNESTING);
-  p = getpool(L);
+  if ((why = pool_unusable(p)) != NULL) luaL_error(L, "%s", why);
+  lifecycle(L);
   t = (Task *)lua_newuserdatauv(L, sizeof(Task), 2);
   memset(t, 0, sizeof(Task));
-  t->pool = p;
   t->status = JOB_NEW;
   luaL_setmetatable(L, ISOLATE_TASK);
   if ((t->job = job_new(depth)) == NULL) {
     lua_pushliteral(L, "not enough memory");
     lua_error(L);
   }
-  message_putinput(L, job_input(t->job), 1, n);
-  pool_submit(p, t->job);
+  t->pool = p;
+  pool_retain(p);
+  lua_insert(L, 1);		/* below the values 'put' reads */
+  put(L, job_input(t->job), ud);
+  lua_settop(L, 1);
+  if (!pool_submit(p, t->job)) luaL_error(L, "%s", pool_unusable(p));
   t->id = job_id(t->job);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &live_key);
+  lua_pushvalue(L, 1);
+  lua_rawsetp(L, -2, t);
+  lua_pop(L, 1);
   return t;
+}
+
+
+/* the input of a call: the function at 'first' (*ud) and all above it */
+static void putcall (lua_State *L, Buffer *b, void *ud) {
+  int first = *(int *)ud + 1;	/* one more: the task is below */
+  message_putinput(L, b, first, lua_gettop(L) - first + 1);
 }
 
 
@@ -127,11 +353,10 @@ static double now (void) {
 }
 
 
-/* raise an isolate.TimeoutError: task t did not end within timeout seconds */
-static int timedout (lua_State *L, Task *t, double timeout) {
+/* raise an isolate.TimeoutError: its message is on top */
+static int timedout (lua_State *L, double timeout) {
   lua_createtable(L, 0, 2);
-  lua_pushfstring(L, "isolate: task %I did not end within %f seconds",
-                  (LUAI_UACINT)t->id, (LUAI_UACNUMBER)timeout);
+  lua_insert(L, -2);
   lua_setfield(L, -2, "message");
   lua_pushnumber(L, (lua_Number)timeout);
   lua_setfield(L, -2, "timeout");
@@ -140,32 +365,70 @@ static int timedout (lua_State *L, Task *t, double timeout) {
 }
 
 
+/* monotonic seconds, for the deadlines of the Lua layer */
+static int l_now (lua_State *L) {
+  lua_pushnumber(L, (lua_Number)now());
+  return 1;
+}
+
+
+/*
+** Every slice of a wait: a hook that is set (the standalone interpreter's
+** answer to Ctrl-C, maybe posted while the arguments were encoded) gets a
+** call to run in, once at the start and again whenever it changes, so an
+** interrupt raises its error here at once; inside an isolate, a cancel of
+** its own task is raised.  The error of either is returned (nothing
+** raised) when 'catch': the caller cancels what it waited for first.
+*/
+typedef struct Watch {
+  lua_Hook hook;
+  int mask, count;
+} Watch;
+
+static int interrupter (lua_State *L) {
+  luaL_loadbuffer(L, "return", 6, "=(isolate wait)");
+  lua_call(L, 0, 0);		/* call, line and count hooks all see it */
+  state_checkcancel(L);
+  return 0;
+}
+
+static int watch (lua_State *L, Watch *w, int catch) {
+  if (lua_gethook(L) != w->hook || lua_gethookmask(L) != w->mask ||
+      lua_gethookcount(L) != w->count) {
+    w->hook = lua_gethook(L);
+    w->mask = lua_gethookmask(L);
+    w->count = lua_gethookcount(L);
+  }
+  else if (!state_cancelled(L)) return 0;
+  if (!catch) {
+    interrupter(L);
+    return 0;
+  }
+  lua_pushcfunction(L, interrupter);
+  return lua_pcall(L, 0, 0, 0) != LUA_OK;	/* the error on top */
+}
+
+#define WATCH_INIT	{NULL, 0, 0}
+
+
 /*
 ** Push the output buffer of the task at 'ti', waiting for its job to end
 ** (at most 'timeout' seconds; < 0: no limit; then a TimeoutError, or with
-** 'raise' false NULL, nothing pushed).  The wait goes in slices,
-** and a hook that is set (the standalone interpreter's answer to Ctrl-C,
-** maybe posted while the arguments were encoded) gets a call to run in,
-** once at the start and again whenever it changes, so an interrupt raises
-** its error here at once.
+** 'raise' false NULL, nothing pushed).  With 'cancels' (run), an
+** interrupt of the wait cancels the task before it is raised.
 ** Lua code may run there, and finalizers in any allocation: the task may
 ** have been taken (re-entered await) or closed (__gc) on return of either.
 */
-static Output *output (lua_State *L, int ti, double timeout, int raise) {
+static Output *output (lua_State *L, int ti, double timeout, int raise, int cancels) {
   Task *t = (Task *)lua_touserdata(L, ti);
-  lua_Hook hook = NULL;		/* a hook set before the wait runs first */
-  int mask = 0, count = 0;
+  Watch w = WATCH_INIT;
   double deadline = timeout >= 0 ? now() + timeout : 0;
   Output *o;
   for (;;) {
     long ms = ISOLATE_WAIT_MS;
-    if (lua_gethook(L) != hook || lua_gethookmask(L) != mask ||
-        lua_gethookcount(L) != count) {
-      hook = lua_gethook(L);
-      mask = lua_gethookmask(L);
-      count = lua_gethookcount(L);
-      luaL_loadbuffer(L, "return", 6, "=(isolate wait)");
-      lua_call(L, 0, 0);	/* call, line and count hooks all see it */
+    if (watch(L, &w, cancels)) {
+      if (t->job != NULL) job_cancel(t->pool, t->job);
+      lua_error(L);
     }
     if ((o = getoutput(L, ti)) != NULL) return o;
     if (t->job == NULL) luaL_error(L, "isolate: task is closed");
@@ -175,7 +438,11 @@ static Output *output (lua_State *L, int ti, double timeout, int raise) {
     }
     if (pool_wait(t->pool, t->job, ms, timeout < 0)) break;
     if (timeout >= 0 && now() >= deadline) {
-      if (raise) timedout(L, t, timeout);
+      if (raise) {
+        lua_pushfstring(L, "isolate: task %I did not end within %f seconds",
+                        (LUAI_UACINT)t->id, (LUAI_UACNUMBER)timeout);
+        timedout(L, timeout);
+      }
       return NULL;
     }
   }
@@ -190,9 +457,9 @@ static Output *output (lua_State *L, int ti, double timeout, int raise) {
   lua_pushvalue(L, -1);
   lua_setiuservalue(L, ti, OUTPUT);
   t->status = job_status(t->pool, t->job);
+  t->endseq = job_endseq(t->pool, t->job);
   job_take_output(t->job, &o->b);
-  job_release(t->pool, t->job);
-  t->job = NULL;
+  letgo(t);
   return o;
 }
 
@@ -205,7 +472,10 @@ static int replay (lua_State *L, int ti) {
     lua_pop(L, 1);
     return -1;
   }
-  if (t->status == JOB_FAILED) return lua_error(L);	/* the RemoteError, again */
+  if (t->status != JOB_DONE) {	/* the RemoteError, again */
+    t->seen = 1;
+    return lua_error(L);
+  }
   if (!lua_istable(L, -1)) luaL_error(L, "isolate: the task's results were replaced");
   lua_getfield(L, -1, "n");
   n = (int)lua_tointeger(L, -1);
@@ -222,25 +492,25 @@ static int replay (lua_State *L, int ti) {
 ** later awaits, and an outcome cached meanwhile by a re-entered await is
 ** the one returned.  The output is freed when no decode of it is left.
 */
-static int collect (lua_State *L, int ti, int keep, double timeout) {
+static int collect (lua_State *L, int ti, int keep, double timeout, int cancels) {
   Task *t = (Task *)lua_touserdata(L, ti);
   Output *o;
   Reader r;
   int n, base, i;
   if (keep && (n = replay(L, ti)) >= 0) return n;
-  o = output(L, ti, timeout, 1);
+  o = output(L, ti, timeout, 1, cancels);
   if (keep && (n = replay(L, ti)) >= 0) return n;	/* a re-entered await did it */
   base = lua_gettop(L);
   o->readers++;
   lua_toclose(L, base);
   reader_init(&r, &o->b);
-  if (t->status == JOB_FAILED) {
+  if (t->status != JOB_DONE) {
     message_pushfailure(L, &r);
     n = 1;
   }
   else n = codec_decode(L, &r, CODEC_TRUSTED);
   if (keep) {			/* made first: a re-entered await may come first */
-    if (t->status == JOB_FAILED) lua_pushvalue(L, base + 1);
+    if (t->status != JOB_DONE) lua_pushvalue(L, base + 1);
     else {
       lua_createtable(L, n, 1);
       for (i = 1; i <= n; i++) {
@@ -261,7 +531,10 @@ static int collect (lua_State *L, int ti, int keep, double timeout) {
     lua_settop(L, base - 1);	/* closes the output */
     return replay(L, ti);
   }
-  if (t->status == JOB_FAILED) return lua_error(L);
+  if (t->status != JOB_DONE) {
+    t->seen = 1;
+    return lua_error(L);
+  }
   return n;			/* the output closes on return */
 }
 
@@ -277,28 +550,28 @@ static double opttimeout (lua_State *L, int arg) {
 
 static int task_await (lua_State *L) {
   double timeout;
-  checktask(L);
+  checktask(L, 1);
   timeout = opttimeout(L, 2);
   lua_settop(L, 1);
-  return collect(L, 1, 1, timeout);
+  return collect(L, 1, 1, timeout, 0);
 }
 
 
 /* true once the task has ended (in any way), false on timeout */
 static int task_wait (lua_State *L) {
   double timeout;
-  checktask(L);
+  checktask(L, 1);
   timeout = opttimeout(L, 2);
   lua_settop(L, 1);
   lua_pushboolean(L, lua_getiuservalue(L, 1, OUTCOME) != LUA_TNIL ||
-                     output(L, 1, timeout, 0) != NULL);
+                     output(L, 1, timeout, 0, 0) != NULL);
   return 1;
 }
 
 
 /* like pcall(task.await, task): true and the results, or false and the error */
 static int task_result (lua_State *L) {
-  checktask(L);
+  checktask(L, 1);
   lua_settop(L, 1);
   lua_pushcfunction(L, task_await);
   lua_insert(L, 1);
@@ -313,40 +586,181 @@ static int task_result (lua_State *L) {
 }
 
 
-static const char *task_statusname (Task *t) {
-  static const char *const names[] = {"queued", "queued", "running", "done", "failed"};
-  if (t->job != NULL) return names[job_status(t->pool, t->job)];
-  return t->status == JOB_NEW ? "closed" : names[t->status];
-}
-
-
-static int task_status (lua_State *L) {
-  lua_pushstring(L, task_statusname(checktask(L)));
+/* true if the request came before the task ended: it ends cancelled */
+static int task_cancel (lua_State *L) {
+  Task *t = checktask(L, 1);
+  lua_pushboolean(L, t->job != NULL && job_cancel(t->pool, t->job));
   return 1;
 }
 
 
+static JobStatus task_state (Task *t) {
+  return t->job != NULL ? job_status(t->pool, t->job) : t->status;
+}
+
+
+static const char *task_statusname (Task *t) {
+  static const char *const names[] = {"closed", "queued", "running", "done",
+                                      "failed", "cancelled"};
+  return names[task_state(t)];
+}
+
+
+static int task_status (lua_State *L) {
+  lua_pushstring(L, task_statusname(checktask(L, 1)));
+  return 1;
+}
+
+
+static int isended (JobStatus s) {
+  return s == JOB_DONE || s == JOB_FAILED || s == JOB_CANCELLED;
+}
+
+
 static int task_done (lua_State *L) {
-  Task *t = checktask(L);
-  JobStatus s = t->job == NULL ? t->status : job_status(t->pool, t->job);
-  lua_pushboolean(L, s == JOB_DONE || s == JOB_FAILED);
+  lua_pushboolean(L, isended(task_state(checktask(L, 1))));
   return 1;
 }
 
 
 static int task_tostring (lua_State *L) {
-  Task *t = checktask(L);
+  Task *t = checktask(L, 1);
   lua_pushfstring(L, "isolate.Task %I (%s)", (LUAI_UACINT)t->id, task_statusname(t));
   return 1;
 }
 
+/* }====================================================== */
 
-/* the work goes on; the pool's reference keeps the job until it ends */
-static int task_gc (lua_State *L) {
-  Task *t = checktask(L);
-  if (t->job != NULL) {
-    job_release(t->pool, t->job);
-    t->job = NULL;
+
+/*
+** {======================================================
+** Many tasks
+** =======================================================
+*/
+
+/*
+** first(tasks, pending [, deadline, timeout]): wait until one of the
+** tasks tasks[pending[k]] has ended; return k.  'deadline' is on the
+** clock of now(); past it, a TimeoutError for 'timeout' seconds.  A worker waiting for
+** tasks of its own pool that are still queued runs one itself (nested
+** waits never deadlock).
+*/
+static int l_first (lua_State *L) {
+  Watch w = WATCH_INIT;
+  lua_Integer k, n;
+  double deadline;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  deadline = lua_isnoneornil(L, 3) ? -1 : luaL_checknumber(L, 3);
+  n = luaL_len(L, 2);
+  for (;;) {
+    unsigned long seen = pool_ends(), first = 0;
+    lua_Integer which = 0;
+    Task *queued = NULL;
+    long ms = ISOLATE_WAIT_MS;
+    watch(L, &w, 0);
+    for (k = 1; k <= n; k++) {	/* the one that ended first */
+      Task *t;
+      unsigned long seq;
+      lua_rawgeti(L, 2, k);
+      lua_gettable(L, 1);
+      t = (Task *)luaL_checkudata(L, -1, ISOLATE_TASK);
+      lua_pop(L, 1);
+      if (t->job == NULL) seq = t->endseq;
+      else if (isended(job_status(t->pool, t->job))) seq = job_endseq(t->pool, t->job);
+      else {
+        if (queued == NULL && job_status(t->pool, t->job) == JOB_QUEUED) queued = t;
+        continue;
+      }
+      if (which == 0 || seq < first) {
+        which = k;
+        first = seq;
+      }
+    }
+    if (which != 0) {
+      lua_pushinteger(L, which);
+      return 1;
+    }
+    if (deadline >= 0) {
+      double left = deadline - now();
+      if (left <= 0) {
+        lua_pushfstring(L, "isolate: no task ended within %f seconds",
+                        (LUAI_UACNUMBER)luaL_optnumber(L, 4, 0));
+        return timedout(L, luaL_optnumber(L, 4, 0));
+      }
+      if (left < (double)ms / 1000) ms = (long)(left * 1000) + 1;
+    }
+    if (queued != NULL && !state_ismain(L) && pool_wait(queued->pool, queued->job, 0, 1))
+      continue;			/* ran it here */
+    pool_waitends(seen, ms);
+  }
+}
+
+
+/*
+** chunk(pool, fn, list, i, j): a task that runs fn on list[i..j]; 'fn'
+** is the function encoded once (encodefn).  Its await returns the first
+** result of each call.
+*/
+typedef struct MapChunk {
+  const Buffer *fn;
+  lua_Integer i, j;
+} MapChunk;
+
+static void putchunk (lua_State *L, Buffer *b, void *ud) {
+  MapChunk *c = (MapChunk *)ud;
+  int top = lua_gettop(L), n = (int)(c->j - c->i + 1);
+  lua_Integer k;
+  isolate_checkstack(L, n + 8);
+  for (k = c->i; k <= c->j; k++) lua_geti(L, 4, k);	/* the list (under the task) */
+  message_putchunk(L, b, c->fn, top + 1, n, c->i);
+  lua_settop(L, top);
+}
+
+static Pool *checkpool (lua_State *L, int arg);
+
+static int l_chunk (lua_State *L) {
+  Pool *p = lua_isnil(L, 1) ? defaultpool(L) : checkpool(L, 1);
+  MapChunk c;
+  c.fn = (const Buffer *)luaL_checkudata(L, 2, "isolate.Buffer");
+  luaL_checktype(L, 3, LUA_TTABLE);
+  c.i = luaL_checkinteger(L, 4);
+  c.j = luaL_checkinteger(L, 5);
+  luaL_argcheck(L, c.i >= 1 && c.j >= c.i && c.j - c.i < ISOLATE_MAXCHUNK, 5, "bad chunk");
+  lua_settop(L, 3);
+  submit(L, p, putchunk, &c);
+  return 1;
+}
+
+
+/* encodefn(fn): fn encoded once, as a message of one value, for chunk */
+static int l_encodefn (lua_State *L) {
+  Buffer *b;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  b = buffer_push(L);
+  codec_encode(L, b, 1, 1, ROLE_CALL);
+  return 1;
+}
+
+
+/*
+** into(task, list, i): the results of a chunk's task stored in list from
+** index i on; the chunk's RemoteError raised (it has 'index').  With
+** 'cancels' set (the third argument true), an interrupt of the wait
+** cancels the task.
+*/
+static int l_into (lua_State *L) {
+  lua_Integer i = luaL_checkinteger(L, 3);
+  int n, k, base;
+  checktask(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 3);
+  n = collect(L, 1, 0, -1, 1);
+  base = lua_gettop(L) - n;
+  for (k = 1; k <= n; k++) {
+    lua_pushvalue(L, base + k);
+    lua_rawseti(L, 2, i + k - 1);
   }
   return 0;
 }
@@ -354,16 +768,193 @@ static int task_gc (lua_State *L) {
 /* }====================================================== */
 
 
+/*
+** {======================================================
+** Pools
+** =======================================================
+*/
+
+typedef struct PoolHandle {
+  Pool *pool;			/* NULL once closed */
+} PoolHandle;
+
+static Pool *checkpool (lua_State *L, int arg) {
+  PoolHandle *h = (PoolHandle *)luaL_checkudata(L, arg, ISOLATE_POOL);
+  if (h->pool == NULL) luaL_error(L, "isolate: the pool is closed");
+  return h->pool;
+}
+
+
+/* an option of the table at 1: nil if absent */
+static int option (lua_State *L, const char *name, int type, const char *what) {
+  int t = lua_getfield(L, 1, name);
+  if (t != LUA_TNIL && t != type)
+    luaL_error(L, "bad argument #1 to 'pool' (%s must be %s, got %s)",
+               name, what, luaL_typename(L, -1));
+  return t != LUA_TNIL;
+}
+
+
+static int l_pool (lua_State *L) {
+  int size = pool_cpus();
+  size_t limit = 0;
+  const char *name = NULL;
+  PoolHandle *h;
+  Buffer *init = NULL;
+  if (lua_isnoneornil(L, 1)) lua_newtable(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  if (option(L, "size", LUA_TNUMBER, "an integer >= 1")) {
+    lua_Integer n;
+    if (!lua_isinteger(L, -1) || (n = lua_tointeger(L, -1)) < 1 || n > ISOLATE_MAXPOOL)
+      return luaL_error(L, "bad argument #1 to 'pool' (size must be an integer from 1 to %d)",
+                        ISOLATE_MAXPOOL);
+    size = (int)n;
+  }
+  if (option(L, "memory_limit", LUA_TNUMBER, "a number of bytes")) {
+    lua_Number m = lua_tonumber(L, -1);
+    if (!(m >= 1) || m > 0x1p62)
+      return luaL_error(L, "bad argument #1 to 'pool' (memory_limit must be a number of bytes > 0)");
+    limit = (size_t)m;
+  }
+  if (option(L, "name", LUA_TSTRING, "a string")) {
+    size_t len;
+    name = lua_tolstring(L, -1, &len);
+    if (len == 0 || strlen(name) != len)
+      return luaL_error(L, "bad argument #1 to 'pool' (name must be a non-empty string without zeros)");
+  }
+  if (option(L, "init", LUA_TFUNCTION, "a function")) {
+    init = buffer_push(L);
+    lua_pushvalue(L, -2);
+    message_putinput(L, init, lua_gettop(L), 1);
+    lua_pop(L, 1);
+  }
+  h = (PoolHandle *)lua_newuserdatauv(L, sizeof(PoolHandle), 0);
+  h->pool = NULL;
+  luaL_setmetatable(L, ISOLATE_POOL);
+  if ((h->pool = pool_new(size, name, limit, init)) == NULL)
+    return luaL_error(L, "isolate: cannot start the pool's threads");
+  return 1;
+}
+
+
+static int pool_run (lua_State *L) {
+  static int first = 2;
+  Pool *p = checkpool(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  submit(L, p, putcall, &first);
+  return collect(L, 1, 0, -1, 1);
+}
+
+
+static int pool_spawn (lua_State *L) {
+  static int first = 2;
+  Pool *p = checkpool(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  submit(L, p, putcall, &first);
+  return 1;
+}
+
+
+static void pushstats (lua_State *L, Pool *p) {
+  PoolStats s;
+  pool_stats(p, &s);
+  lua_createtable(L, 0, 6);
+  lua_pushinteger(L, s.workers);
+  lua_setfield(L, -2, "workers");
+  lua_pushinteger(L, s.busy);
+  lua_setfield(L, -2, "busy");
+  lua_pushinteger(L, s.queued);
+  lua_setfield(L, -2, "queued");
+  lua_pushinteger(L, (lua_Integer)s.done);
+  lua_setfield(L, -2, "done");
+  lua_pushinteger(L, (lua_Integer)s.failed);
+  lua_setfield(L, -2, "failed");
+  lua_pushinteger(L, (lua_Integer)s.cancelled);
+  lua_setfield(L, -2, "cancelled");
+}
+
+
+static int pool_statsf (lua_State *L) {
+  pushstats(L, checkpool(L, 1));
+  return 1;
+}
+
+
+/*
+** close(): no more tasks; wait until those it has are done.  When the
+** state closes (lua_close), its pools cancel their tasks first and wait a
+** bounded time; a pool collected before that lets its threads finish what
+** is queued and end on their own.
+*/
+static int pool_closef (lua_State *L) {
+  PoolHandle *h = (PoolHandle *)luaL_checkudata(L, 1, ISOLATE_POOL);
+  if (h->pool != NULL) {
+    Pool *p = h->pool;
+    h->pool = NULL;
+    pool_close(p, -1);
+    pool_release(p);
+  }
+  return 0;
+}
+
+
+static int pool_gc (lua_State *L) {
+  PoolHandle *h = (PoolHandle *)luaL_checkudata(L, 1, ISOLATE_POOL);
+  if (h->pool != NULL) {
+    Pool *p = h->pool;
+    h->pool = NULL;
+    if (closing(L, 1)) {
+      pool_cancelall(p);
+      pool_close(p, ISOLATE_CLOSE_MS);
+    }
+    else pool_close(p, 0);
+    pool_release(p);
+  }
+  return 0;
+}
+
+
+static int pool_tostring (lua_State *L) {
+  PoolHandle *h = (PoolHandle *)luaL_checkudata(L, 1, ISOLATE_POOL);
+  PoolStats s;
+  if (h->pool == NULL) {
+    lua_pushliteral(L, "isolate.Pool (closed)");
+    return 1;
+  }
+  pool_stats(h->pool, &s);
+  lua_pushfstring(L, "isolate.Pool (%d workers)", s.workers);
+  return 1;
+}
+
+
+static int l_stats (lua_State *L) {
+  pushstats(L, defaultpool(L));
+  return 1;
+}
+
+/* }====================================================== */
+
+
 static int l_run (lua_State *L) {
+  static int first = 1;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  submit(L);
-  return collect(L, lua_gettop(L), 0, -1);
+  submit(L, defaultpool(L), putcall, &first);
+  return collect(L, 1, 0, -1, 1);
 }
 
 
 static int l_spawn (lua_State *L) {
+  static int first = 1;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  submit(L);
+  submit(L, defaultpool(L), putcall, &first);
+  return 1;
+}
+
+
+/* is stderr a terminal?  (map's progress bar is drawn only there) */
+static int l_stderrtty (lua_State *L) {
+  lua_pushboolean(L, isatty(2));
   return 1;
 }
 
@@ -478,6 +1069,7 @@ static const luaL_Reg task_methods[] = {
   {"await", task_await},
   {"wait", task_wait},
   {"result", task_result},
+  {"cancel", task_cancel},
   {"status", task_status},
   {"done", task_done},
   {NULL, NULL}
@@ -490,18 +1082,44 @@ static const luaL_Reg task_meta[] = {
   {NULL, NULL}
 };
 
+static const luaL_Reg pool_methods[] = {
+  {"run", pool_run},
+  {"spawn", pool_spawn},
+  {"stats", pool_statsf},
+  {"close", pool_closef},
+  {NULL, NULL}
+};
+
+static const luaL_Reg pool_meta[] = {
+  {"__gc", pool_gc},
+  {"__close", pool_closef},
+  {"__tostring", pool_tostring},
+  {"__index", NULL},		/* placeholder */
+  {NULL, NULL}
+};
+
 static const luaL_Reg funcs[] = {
   {"run", l_run},
   {"spawn", l_spawn},
+  {"pool", l_pool},
+  {"stats", l_stats},
   {"exit", l_exit},
   {"ismain", l_ismain},
   {"name", l_name},
   {"cpus", l_cpus},
   {"encode", l_encode},
   {"decode", l_decode},
+  {"first", l_first},
+  {"chunk", l_chunk},
+  {"encodefn", l_encodefn},
+  {"into", l_into},
+  {"now", l_now},
+  {"stderrtty", l_stderrtty},
   {"_failalloc", l_failalloc},
   {"RemoteError", NULL},	/* placeholders */
   {"TimeoutError", NULL},
+  {"Pool", NULL},
+  {"Task", NULL},
   {NULL, NULL}
 };
 
@@ -531,6 +1149,11 @@ int luaopen_isolate_core (lua_State *L) {
   luaL_newlib(L, task_methods);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
+  luaL_newmetatable(L, ISOLATE_POOL);
+  luaL_setfuncs(L, pool_meta, 0);
+  luaL_newlib(L, pool_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
   luaL_newmetatable(L, ISOLATE_OUTPUT);
   lua_pushcfunction(L, output_gc);
   lua_setfield(L, -2, "__gc");
@@ -542,5 +1165,11 @@ int luaopen_isolate_core (lua_State *L) {
   luaL_newlib(L, funcs);
   errortype(L, ISOLATE_REMOTEERROR, "RemoteError", remote_tostring);
   errortype(L, ISOLATE_TIMEOUTERROR, "TimeoutError", timeout_tostring);
+  luaL_getmetatable(L, ISOLATE_POOL);
+  lua_getfield(L, -1, "__index");
+  lua_setfield(L, -3, "Pool");		/* the methods, for the Lua layer's map */
+  lua_pop(L, 1);
+  luaL_getmetatable(L, ISOLATE_TASK);
+  lua_setfield(L, -2, "Task");		/* to tell a task */
   return 1;
 }

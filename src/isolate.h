@@ -60,6 +60,24 @@
 #define ISOLATE_WAIT_MS		10
 #endif
 
+/* most items in one chunk of a map (each is a value on a stack) */
+#if !defined(ISOLATE_MAXCHUNK)
+#define ISOLATE_MAXCHUNK	65536
+#endif
+
+/* most threads in one pool */
+#if !defined(ISOLATE_MAXPOOL)
+#define ISOLATE_MAXPOOL		1024
+#endif
+
+/*
+** When the state that owns a pool closes, how long it waits for the
+** pool's cancelled isolates to end (milliseconds); then it leaves them.
+*/
+#if !defined(ISOLATE_CLOSE_MS)
+#define ISOLATE_CLOSE_MS	2000
+#endif
+
 /*
 ** Room for 'n' more values on the stack, or Lua's memory error.  The depth
 ** limits keep stacks far below their maximum, so a failure to grow one is
@@ -72,6 +90,9 @@ static inline void isolate_checkstack (lua_State *L, int n) {
     lua_error(L);
   }
 }
+
+/* the message of a cancelled task's RemoteError */
+#define ISOLATE_CANCELLED	"isolate: the task was cancelled"
 
 /* names of the metatables that the core registers */
 #define ISOLATE_TASK		"isolate.Task"

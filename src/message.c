@@ -36,10 +36,36 @@ static void putpath (lua_State *L, Buffer *b, const char *field) {
 }
 
 
+static void nomemory (lua_State *L) {
+  lua_pushliteral(L, "not enough memory");
+  lua_error(L);
+}
+
+
+/* the index of a map chunk's first item (0: not a map), 8 bytes LE */
+static void putindex (lua_State *L, Buffer *b, lua_Integer index) {
+  unsigned char le[8];
+  int i;
+  for (i = 0; i < 8; i++) le[i] = (unsigned char)((lua_Unsigned)index >> (8 * i));
+  if (!codec_putstring(b, (const char *)le, 8)) nomemory(L);
+}
+
+
 void message_putinput (lua_State *L, Buffer *b, int first, int n) {
   putpath(L, b, "path");
   putpath(L, b, "cpath");
+  putindex(L, b, 0);
   codec_encode(L, b, first, n, ROLE_CALL);
+}
+
+
+void message_putchunk (lua_State *L, Buffer *b, const Buffer *fn,
+                       int first, int n, lua_Integer index) {
+  putpath(L, b, "path");
+  putpath(L, b, "cpath");
+  putindex(L, b, index);
+  if (!buffer_copy(b, fn)) nomemory(L);
+  codec_encodelist(L, b, first, n, ROLE_ITEM, index - 1);
 }
 
 
@@ -53,15 +79,25 @@ static void setpath (lua_State *L, Reader *r, const char *field) {
 }
 
 
-int message_getinput (lua_State *L, Reader *r) {
-  int base, n;
+int message_getinput (lua_State *L, Reader *r, lua_Integer *index) {
+  int base, n, i;
+  size_t len;
+  const unsigned char *le;
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_getfield(L, -1, "package");
   setpath(L, r, "path");
   setpath(L, r, "cpath");
   lua_pop(L, 2);
+  le = (const unsigned char *)codec_getstring(r, &len);
+  if (le == NULL || len != 8) luaL_error(L, "isolate: corrupt job input");
+  for (*index = 0, i = 7; i >= 0; i--)
+    *index = (lua_Integer)(((lua_Unsigned)*index << 8) | le[i]);
   base = lua_gettop(L) + 1;
   n = codec_decode(L, r, CODEC_TRUSTED);
+  if (*index != 0) {		/* a map chunk: the function, then the items */
+    if (n != 1) luaL_error(L, "isolate: corrupt job input");
+    n += codec_decode(L, r, CODEC_TRUSTED);
+  }
   if (n < 1 || !lua_isfunction(L, base)) luaL_error(L, "isolate: corrupt job input");
   return n;
 }
@@ -130,7 +166,8 @@ static int encode_value (lua_State *L) {
 
 
 void message_putfailure (lua_State *L, Buffer *b, const char *kind,
-                         const char *message, int value, int traceback) {
+                         const char *message, int value, int traceback,
+                         lua_Integer index) {
   int top = lua_gettop(L);
   isolate_checkstack(L, 8);
   lua_pushstring(L, kind);
@@ -138,7 +175,8 @@ void message_putfailure (lua_State *L, Buffer *b, const char *kind,
   else pushtext(L, value);
   if (lua_type(L, traceback) == LUA_TSTRING) lua_pushvalue(L, traceback);
   else lua_pushnil(L);
-  codec_encode(L, b, top + 1, 3, ROLE_RESULT);
+  if (index != 0) lua_pushinteger(L, index);
+  codec_encode(L, b, top + 1, index != 0 ? 4 : 3, ROLE_RESULT);
   if (message == NULL && !lua_isnil(L, value)) {	/* the value, if it can go */
     Buffer *vb = buffer_push(L);
     lua_pushcfunction(L, encode_value);
@@ -168,20 +206,22 @@ static int decode_value (lua_State *L) {
 
 
 void message_pushfailure (lua_State *L, Reader *r) {
-  static const char *const fields[] = {"kind", "message", "traceback"};
-  int i, top = lua_gettop(L);
+  static const char *const fields[] = {"kind", "message", "traceback", "index"};
+  int i, n = 3, top = lua_gettop(L);
   isolate_checkstack(L, 8);
   if (r->left == 0) {		/* not even the record fitted in memory */
     lua_pushliteral(L, "memory");
     lua_pushliteral(L, "not enough memory");
     lua_pushnil(L);
   }
-  else if (codec_decode(L, r, 0) != 3 || lua_type(L, top + 1) != LUA_TSTRING ||
+  else if (((n = codec_decode(L, r, 0)) != 3 &&
+            (n != 4 || !lua_isinteger(L, top + 4))) ||
+           lua_type(L, top + 1) != LUA_TSTRING ||
            lua_type(L, top + 2) != LUA_TSTRING ||
            (lua_type(L, top + 3) != LUA_TSTRING && !lua_isnil(L, top + 3)))
     luaL_error(L, "isolate: corrupt failure record");
-  lua_createtable(L, 0, 4);
-  for (i = 0; i < 3; i++) {
+  lua_createtable(L, 0, 5);
+  for (i = 0; i < n; i++) {
     lua_pushvalue(L, top + 1 + i);
     lua_setfield(L, -2, fields[i]);
   }

@@ -3,10 +3,13 @@
 ** read here alone.
 **
 ** The input of a job: the caller's package.path and package.cpath (raw
-** strings), then one message: the function and its arguments.
+** strings), a raw string of 8 bytes, the list index of a map chunk's first
+** item (0: a plain job), then one message: the function and its
+** arguments; for a map chunk, two: the function, and the items.
 **
 ** The failure record of an isolate that failed: a data-only message of
-** kind, message and traceback (nil when there is none), then, when the
+** kind, message and traceback (nil when there is none), and for a map the
+** index of the item that failed, then, when the
 ** error value could be encoded, a message of its own holding it.  The
 ** value is decoded apart, so a value that cannot be rebuilt on the other
 ** side (it names a module that only the isolate has) loses the value, not
@@ -21,16 +24,30 @@
 /* caller: the input for the function at 'first' and the 'n' - 1 above it */
 void message_putinput (lua_State *L, Buffer *b, int first, int n);
 
-/* isolate: set the package paths, push the function and its arguments */
-int message_getinput (lua_State *L, Reader *r);
+/*
+** caller: the input of a chunk of a map: the function, encoded once in
+** 'fn' (a message of one value), and the 'n' items at 'first', whose
+** index in the list is 'index' (> 0) for the first
+*/
+void message_putchunk (lua_State *L, Buffer *b, const Buffer *fn,
+                       int first, int n, lua_Integer index);
+
+/*
+** isolate: set the package paths, push the function and its arguments
+** (or items), return their count; '*index' is the list index of a map
+** chunk's first item, 0 for a plain job
+*/
+int message_getinput (lua_State *L, Reader *r, lua_Integer *index);
 
 /*
 ** isolate, under lua_pcall (it allocates): a failure record in 'b' for
 ** the error value at 'value' with the traceback at 'traceback' (a string,
-** or nil); 'message' replaces the value's text if not NULL.
+** or nil); 'message' replaces the value's text if not NULL; 'index' is
+** the failing item's list index in a map (0: not a map).
 */
 void message_putfailure (lua_State *L, Buffer *b, const char *kind,
-                         const char *message, int value, int traceback);
+                         const char *message, int value, int traceback,
+                         lua_Integer index);
 
 /* without Lua: a record of a kind and a message; 0 when memory runs out */
 int message_putplain (Buffer *b, const char *kind, const char *message);

@@ -16,7 +16,16 @@
 ** thread run the job instead (with a stack of its own), and waits for it.
 **
 ** Worker threads block asynchronous signals (SIGINT, SIGTERM, ...): those
-** are for the threads of the program, which can handle them in Lua.
+** are for the threads of the program, which can handle them in Lua.  They
+** take one signal of their own, a real-time signal that nobody else
+** handles, chosen when the first pool starts: cancelling a running job
+** sends it to the thread that runs the job (state.c tells what follows).
+**
+** Pools of their own (isolate.pool) work the same way, with a name, a
+** memory limit and an init function for their isolates.  A worker makes
+** the state for its next job, init included, while it is idle.  Such a
+** pool is counted by references (its handle, each task, each thread) and
+** freed by the last.
 */
 #define _GNU_SOURCE		/* pthread_setname_np, pthread_getattr_np */
 #include <errno.h>
@@ -26,6 +35,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,10 +46,14 @@
 
 
 struct Job {
-  struct Job *next;		/* in the queue */
+  struct Job *next, *prev;	/* in the queue, or in the list of running jobs */
   int refs;
   _Atomic int status;		/* a JobStatus: written under the mutex */
+  atomic_int cancel;		/* a cancel was asked for before the end */
+  int onthread;			/* 'thread' runs it (under the mutex) */
+  pthread_t thread;
   unsigned long id;
+  unsigned long endseq;		/* when it ended, among all jobs (0: not yet) */
   unsigned long epoch;		/* the pool's epoch when it was submitted */
   int depth;			/* nesting of its isolate */
   pthread_cond_t ended;		/* broadcast when status becomes final */
@@ -50,16 +64,27 @@ struct Job {
 struct Pool {
   pthread_mutex_t mu;
   pthread_cond_t work;		/* signalled when a job is queued */
+  pthread_cond_t gone;		/* broadcast when a thread of the pool ends */
   Job *head, *tail;		/* the queue, FIFO */
+  Job *running;			/* jobs that run (doubly linked) */
   int sleeping;			/* workers waiting on 'work' */
   int size;			/* worker threads */
+  int threads;			/* threads of the pool alive (lent ones too) */
+  int refs;			/* 0 for the default pool: it is never freed */
+  int closing;			/* takes no more jobs */
+  pid_t pid;			/* the process that made it (pool_new) */
   unsigned long nextid;
   unsigned long epoch;		/* one more in each forked child */
-  const char *name;		/* NULL for the default pool */
+  char *name;			/* NULL for the default pool */
+  size_t limit;			/* bytes of heap per isolate (0: no limit) */
+  Buffer init;			/* the init's job input (empty: none) */
+  int queued, busy;
+  unsigned long done, failed, cancelled;
 };
 
-static Pool default_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-                            NULL, NULL, 0, 0, 0, 0, NULL};
+static Pool default_pool = {.mu = PTHREAD_MUTEX_INITIALIZER,
+                            .work = PTHREAD_COND_INITIALIZER,
+                            .gone = PTHREAD_COND_INITIALIZER};
 static pthread_mutex_t start_mu = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int started;	/* the default pool's threads were started */
 
@@ -71,10 +96,18 @@ static atomic_int started;	/* the default pool's threads were started */
 typedef struct Worker {
   Pool *pool;
   const char *stacklow;		/* lowest address of its stack (NULL: unknown) */
+  lua_State *_Atomic shown;	/* the state whose job runs now (state_run) */
 } Worker;
 
 static pthread_key_t worker_key;
 static pthread_once_t key_once = PTHREAD_ONCE_INIT;
+static int cancel_signal;	/* 0: none could be had */
+
+/* jobs ended so far in all pools, for waits on the first of several */
+static atomic_ulong ends;
+static atomic_int ends_waiters;
+static pthread_mutex_t ends_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ends_cv;
 
 
 /* the CPUs this process may run on (taskset, cgroup cpusets), or online */
@@ -91,7 +124,7 @@ int pool_cpus (void) {
 
 
 static int isfinal (int s) {
-  return s == JOB_DONE || s == JOB_FAILED;
+  return s == JOB_DONE || s == JOB_FAILED || s == JOB_CANCELLED;
 }
 
 static int job_ended (Job *j) {
@@ -149,6 +182,7 @@ Job *job_new (int depth) {
   j->refs = 1;
   j->depth = depth;
   atomic_init(&j->status, JOB_NEW);
+  atomic_init(&j->cancel, 0);
   return j;
 }
 
@@ -163,8 +197,34 @@ unsigned long job_id (Job *j) {
 }
 
 
+unsigned long job_endseq (Pool *p, Job *j) {
+  unsigned long seq;
+  pthread_mutex_lock(&p->mu);
+  seq = j->endseq;
+  pthread_mutex_unlock(&p->mu);
+  return seq;
+}
+
+
 void job_take_output (Job *j, Buffer *dst) {
   buffer_move(dst, &j->out);
+}
+
+
+/* the job has ended: count it, tell its waiters; mutex held */
+static void publish (Pool *p, Job *j, JobStatus status) {
+  atomic_store_explicit(&j->status, status, memory_order_release);
+  if (status == JOB_DONE) p->done++;
+  else if (status == JOB_FAILED) p->failed++;
+  else p->cancelled++;
+  if (j->epoch == p->epoch)	/* see lose() */
+    pthread_cond_broadcast(&j->ended);
+  j->endseq = atomic_fetch_add(&ends, 1) + 1;
+  if (atomic_load(&ends_waiters) > 0) {
+    pthread_mutex_lock(&ends_mu);
+    pthread_cond_broadcast(&ends_cv);
+    pthread_mutex_unlock(&ends_mu);
+  }
 }
 
 
@@ -220,6 +280,82 @@ JobStatus job_status (Pool *p, Job *j) {
   return (JobStatus)atomic_load_explicit(&j->status, memory_order_acquire);
 }
 
+
+/* the queue and the list of running jobs; mutex held */
+static void enqueue (Pool *p, Job *j) {
+  j->next = NULL;
+  j->prev = p->tail;
+  if (p->tail == NULL) p->head = j;
+  else p->tail->next = j;
+  p->tail = j;
+  p->queued++;
+}
+
+static void unlink_queued (Pool *p, Job *j) {
+  if (j->prev != NULL) j->prev->next = j->next;
+  else p->head = j->next;
+  if (j->next != NULL) j->next->prev = j->prev;
+  else p->tail = j->prev;
+  p->queued--;
+}
+
+/* 'j' leaves the queue to run on this thread */
+static void start (Pool *p, Job *j) {
+  unlink_queued(p, j);
+  j->prev = NULL;
+  j->next = p->running;
+  if (p->running != NULL) p->running->prev = j;
+  p->running = j;
+  p->busy++;
+  j->thread = pthread_self();
+  j->onthread = 1;
+  atomic_store_explicit(&j->status, JOB_RUNNING, memory_order_relaxed);
+}
+
+static void stop (Pool *p, Job *j) {
+  if (j->prev != NULL) j->prev->next = j->next;
+  else p->running = j->next;
+  if (j->next != NULL) j->next->prev = j->prev;
+  p->busy--;
+  j->onthread = 0;
+}
+
+
+/* mutex held: the cancel of 'j' (see job_cancel) */
+static int cancel (Pool *p, Job *j) {
+  int s = atomic_load_explicit(&j->status, memory_order_relaxed);
+  if (isfinal(s) || j->epoch != p->epoch) return 0;
+  atomic_store(&j->cancel, 1);
+  if (s == JOB_QUEUED) {	/* it never starts */
+    unlink_queued(p, j);
+    buffer_free(&j->in);
+    message_putplain(&j->out, "cancelled", ISOLATE_CANCELLED);
+    publish(p, j, JOB_CANCELLED);
+    job_unref(p, j);		/* the queue's reference */
+  }
+  else if (j->onthread && cancel_signal != 0)
+    pthread_kill(j->thread, cancel_signal);	/* it sees the flag then */
+  return 1;
+}
+
+
+int job_cancel (Pool *p, Job *j) {
+  int asked;
+  pthread_mutex_lock(&p->mu);
+  asked = cancel(p, j);
+  pthread_mutex_unlock(&p->mu);
+  return asked;
+}
+
+
+void pool_cancelall (Pool *p) {
+  Job *j;
+  pthread_mutex_lock(&p->mu);
+  while (p->head != NULL) cancel(p, p->head);
+  for (j = p->running; j != NULL; j = j->next) cancel(p, j);
+  pthread_mutex_unlock(&p->mu);
+}
+
 /* }====================================================== */
 
 
@@ -252,7 +388,8 @@ static size_t stack_left (Worker *w) {
 /*
 ** A detached thread of the pool, with an explicit stack size and the
 ** asynchronous signals blocked.  Faults (SIGSEGV and the like) stay open:
-** they belong to the thread that causes them.
+** they belong to the thread that causes them.  The thread holds a
+** reference to the pool.
 */
 static int start_thread (Pool *p, void *(*fn) (void *), void *arg, int n) {
   pthread_attr_t attr;
@@ -270,10 +407,20 @@ static int start_thread (Pool *p, void *(*fn) (void *), void *arg, int n) {
   sigdelset(&all, SIGTRAP);
   sigdelset(&all, SIGSYS);
   pthread_sigmask(SIG_BLOCK, &all, &old);
+  pthread_mutex_lock(&p->mu);
+  p->threads++;
+  p->refs += (p->refs > 0);
+  pthread_mutex_unlock(&p->mu);
   err = pthread_create(&t, &attr, fn, arg);
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   pthread_attr_destroy(&attr);
-  if (err == 0 && n >= 0) {
+  if (err != 0) {
+    pthread_mutex_lock(&p->mu);
+    p->threads--;
+    p->refs -= (p->refs > 1);
+    pthread_mutex_unlock(&p->mu);
+  }
+  else if (n >= 0) {
     char name[64];
     snprintf(name, sizeof(name), "%s/%d", p->name ? p->name : "isolate", n);
     name[15] = '\0';		/* the kernel keeps 15 bytes of a thread's name */
@@ -283,53 +430,105 @@ static int start_thread (Pool *p, void *(*fn) (void *), void *arg, int n) {
 }
 
 
+/* a thread of 'p' begins: who it is, and the cancel signal open */
+static void begin (Worker *w, Pool *p) {
+  w->pool = p;
+  w->stacklow = stack_low();
+  atomic_init(&w->shown, NULL);
+  pthread_setspecific(worker_key, w);
+  if (cancel_signal != 0) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, cancel_signal);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+  }
+}
+
+
+/* a thread of 'p' ends */
+static void end (Pool *p) {
+  pthread_setspecific(worker_key, NULL);
+  pthread_mutex_lock(&p->mu);
+  p->threads--;
+  pthread_cond_broadcast(&p->gone);
+  pthread_mutex_unlock(&p->mu);
+  pool_release(p);
+}
+
+
 /*
 ** Run a job taken from the queue in the fresh state 'L', publish its end.
-** A thread that a fork left in the child (it forked from inside an
-** isolate) finishes its job there, for nobody: then it ends the child
-** process, which no thread of the pool would ever end otherwise.
+** A job whose cancel was asked for before it ended ends cancelled, even
+** if its code had finished.  A thread that a fork left in the child (it
+** forked from inside an isolate) finishes its job there, for nobody: then
+** it ends the child process, which no thread of the pool would ever end
+** otherwise.
 */
-static void execute (Pool *p, Job *j, lua_State *L) {
-  int ok = state_run(L, &j->in, &j->out, p->name, j->depth);
-  int forked;
+static void execute (Pool *p, Job *j, lua_State *L, Worker *w) {
+  lua_State *outer = atomic_load_explicit(&w->shown, memory_order_relaxed);
+  StateRun run;
+  int ok, forked;
+  run.name = p->name;
+  run.depth = j->depth;
+  run.cancel = &j->cancel;
+  run.shown = &w->shown;
+  ok = state_run(L, &j->in, &j->out, &run);
+  atomic_store_explicit(&w->shown, outer, memory_order_relaxed);
   pthread_mutex_lock(&p->mu);
-  atomic_store_explicit(&j->status, ok ? JOB_DONE : JOB_FAILED, memory_order_release);
   forked = (j->epoch != p->epoch);
-  if (!forked) pthread_cond_broadcast(&j->ended);	/* see lose() */
+  if (!forked) stop(p, j);	/* the child's lists know nothing of it */
+  if (forked)
+    atomic_store_explicit(&j->status, ok ? JOB_DONE : JOB_FAILED, memory_order_release);
+  else if (atomic_load(&j->cancel)) {
+    buffer_free(&j->out);
+    message_putplain(&j->out, "cancelled", ISOLATE_CANCELLED);
+    publish(p, j, JOB_CANCELLED);
+  }
+  else publish(p, j, ok ? JOB_DONE : JOB_FAILED);
   job_unref(p, j);
   pthread_mutex_unlock(&p->mu);
   if (forked) _exit(ok ? 0 : 1);
 }
 
 
+/* a fresh state for the next job of 'p', its init done */
+static lua_State *prepare (Pool *p) {
+  lua_State *L = state_new(p->limit);
+  if (p->init.total > 0) state_init(L, &p->init, p->name);
+  return L;
+}
+
+
 /*
 ** A worker makes the state for its next job as soon as it has published
-** the last one, so that making it is not part of the next round trip.
+** the last one, so that making it is not part of the next round trip.  A
+** worker of a pool that closes runs what is queued, then ends.
 */
 static void *worker (void *arg) {
   Worker w;
   Pool *p = (Pool *)arg;
   lua_State *spare;
-  w.pool = p;
-  w.stacklow = stack_low();
-  pthread_setspecific(worker_key, &w);
-  spare = state_new();
+  begin(&w, p);
+  spare = prepare(p);
   for (;;) {
     Job *j;
     pthread_mutex_lock(&p->mu);
-    while (p->head == NULL) {
+    while (p->head == NULL && !p->closing) {
       p->sleeping++;
       pthread_cond_wait(&p->work, &p->mu);
       p->sleeping--;
     }
-    j = p->head;
-    p->head = j->next;
-    if (p->head == NULL) p->tail = NULL;
-    atomic_store_explicit(&j->status, JOB_RUNNING, memory_order_relaxed);
+    if ((j = p->head) == NULL) {
+      pthread_mutex_unlock(&p->mu);
+      break;
+    }
+    start(p, j);
     pthread_mutex_unlock(&p->mu);
-    execute(p, j, spare != NULL ? spare : state_new());
-    spare = state_new();
+    execute(p, j, spare != NULL ? spare : prepare(p), &w);
+    spare = prepare(p);
   }
+  state_close(spare);
+  end(p);
   return NULL;
 }
 
@@ -344,13 +543,17 @@ static void *lent_thread (void *arg) {
   Lent lent = *(Lent *)arg;
   Worker w;
   free(arg);
-  w.pool = lent.pool;
-  w.stacklow = stack_low();
-  pthread_setspecific(worker_key, &w);
-  execute(lent.pool, lent.job, state_new());
+  begin(&w, lent.pool);
+  pthread_mutex_lock(&lent.pool->mu);
+  lent.job->thread = pthread_self();
+  lent.job->onthread = 1;
+  pthread_mutex_unlock(&lent.pool->mu);
+  execute(lent.pool, lent.job, prepare(lent.pool), &w);
+  end(lent.pool);
   return NULL;
 }
 
+/* 'j' was started (it is running) by a thread that cannot run it */
 static void lend (Pool *p, Job *j) {
   Lent *lent = (Lent *)malloc(sizeof(Lent));
   if (lent != NULL) {
@@ -363,8 +566,8 @@ static void lend (Pool *p, Job *j) {
   message_putplain(&j->out, "error",
                    "isolate: cannot start a thread for a nested isolate");
   pthread_mutex_lock(&p->mu);
-  atomic_store_explicit(&j->status, JOB_FAILED, memory_order_release);
-  pthread_cond_broadcast(&j->ended);
+  stop(p, j);
+  publish(p, j, JOB_FAILED);
   job_unref(p, j);		/* the queue's reference */
   pthread_mutex_unlock(&p->mu);
 }
@@ -374,7 +577,7 @@ static void lend (Pool *p, Job *j) {
 
 /*
 ** {======================================================
-** Starting, forking
+** Starting, closing, forking
 ** =======================================================
 */
 
@@ -399,18 +602,68 @@ static void fork_child (void) {
     job_unref(p, j);		/* the queue's reference */
     j = next;
   }
-  p->head = p->tail = NULL;
+  p->head = p->tail = p->running = NULL;
+  p->queued = p->busy = 0;
   p->sleeping = 0;
-  p->size = 0;
+  p->size = p->threads = 0;
   pthread_cond_init(&p->work, NULL);	/* its waiters were the parent's */
   atomic_store(&started, 0);
   pthread_mutex_init(&p->mu, NULL);
   pthread_mutex_init(&start_mu, NULL);
+  pthread_mutex_init(&ends_mu, NULL);
+  atomic_store(&ends_waiters, 0);
 }
 
+
+/* on a thread of a pool: the job that runs there was maybe cancelled */
+static void on_cancel_signal (int sig) {
+  int saved = errno;
+  Worker *w = (Worker *)pthread_getspecific(worker_key);
+  lua_State *L;
+  (void)sig;
+  if (w != NULL && (L = atomic_load_explicit(&w->shown, memory_order_relaxed)) != NULL)
+    state_interrupt(L);
+  errno = saved;
+}
+
+
+/*
+** The cancel signal: the highest real-time signal that nobody handles
+** (ISOLATE_CANCEL_SIGNAL, if defined, is the one to take).  Without one,
+** a cancel is seen at the isolate's next check (state.c) only.
+*/
+static void take_signal (void) {
+  struct sigaction sa, old;
+  int sig;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_cancel_signal;
+  sigfillset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  for (sig = SIGRTMAX - 1; sig > SIGRTMIN + 2; sig--) {
+#if defined(ISOLATE_CANCEL_SIGNAL)
+    sig = ISOLATE_CANCEL_SIGNAL;
+#endif
+    if (sigaction(sig, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
+        old.sa_handler == SIG_DFL && sigaction(sig, &sa, NULL) == 0) {
+      cancel_signal = sig;
+      return;
+    }
+#if defined(ISOLATE_CANCEL_SIGNAL)
+    return;
+#endif
+  }
+}
+
+
 static void init_once (void) {
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&ends_cv, &ca);
+  pthread_condattr_destroy(&ca);
   pthread_key_create(&worker_key, NULL);
   pthread_atfork(fork_prepare, fork_parent, fork_child);
+  take_signal();
 }
 
 
@@ -441,36 +694,127 @@ Pool *pool_default (void) {
   return p->size > 0 ? p : NULL;
 }
 
-/* }====================================================== */
+
+Pool *pool_new (int size, const char *name, size_t limit, Buffer *init) {
+  Pool *p = (Pool *)calloc(1, sizeof(Pool));
+  pthread_condattr_t ca;
+  int i;
+  pthread_once(&key_once, init_once);
+  if (p == NULL) return NULL;
+  if (name != NULL && (p->name = strdup(name)) == NULL) {
+    free(p);
+    return NULL;
+  }
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);	/* for pool_close */
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->work, NULL);
+  pthread_cond_init(&p->gone, &ca);
+  pthread_condattr_destroy(&ca);
+  p->refs = 1;
+  p->pid = getpid();
+  p->limit = limit;
+  if (init != NULL) buffer_move(&p->init, init);
+  for (i = 0; i < size && start_thread(p, worker, p, i); i++) ;
+  p->size = i;
+  if (i < size) {		/* all or nothing */
+    pool_close(p, -1);
+    pool_release(p);
+    return NULL;
+  }
+  return p;
+}
 
 
-void pool_submit (Pool *p, Job *j) {
+void pool_retain (Pool *p) {
   pthread_mutex_lock(&p->mu);
-  j->refs++;
-  j->id = ++p->nextid;
-  j->epoch = p->epoch;
-  atomic_store_explicit(&j->status, JOB_QUEUED, memory_order_relaxed);
-  j->next = NULL;
-  if (p->tail == NULL) p->head = j;
-  else p->tail->next = j;
-  p->tail = j;
-  if (p->sleeping > 0)
-    pthread_cond_signal(&p->work);
+  p->refs += (p->refs > 0);
   pthread_mutex_unlock(&p->mu);
 }
 
 
-/* take 'j' out of the queue if it is still there; mutex held */
-static int unqueue (Pool *p, Job *j) {
-  Job **link = &p->head, *prev = NULL;
-  while (*link != NULL && *link != j) {
-    prev = *link;
-    link = &(*link)->next;
+void pool_release (Pool *p) {
+  int left;
+  pthread_mutex_lock(&p->mu);
+  left = p->refs > 0 ? --p->refs : 1;
+  pthread_mutex_unlock(&p->mu);
+  if (left == 0) {
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->gone);
+    pthread_mutex_destroy(&p->mu);
+    buffer_free(&p->init);
+    free(p->name);
+    free(p);
   }
-  if (*link == NULL) return 0;
-  *link = j->next;
-  if (p->tail == j) p->tail = prev;
-  atomic_store_explicit(&j->status, JOB_RUNNING, memory_order_relaxed);
+}
+
+
+static void deadline_in (struct timespec *t, long ms) {
+  clock_gettime(CLOCK_MONOTONIC, t);
+  t->tv_sec += ms / 1000;
+  t->tv_nsec += (ms % 1000) * 1000000L;
+  if (t->tv_nsec >= 1000000000L) {
+    t->tv_sec++;
+    t->tv_nsec -= 1000000000L;
+  }
+}
+
+
+int pool_close (Pool *p, long ms) {
+  struct timespec deadline;
+  int gone;
+  if (p == &default_pool) return 0;
+  deadline_in(&deadline, ms > 0 ? ms : 0);
+  pthread_mutex_lock(&p->mu);
+  p->closing = 1;
+  pthread_cond_broadcast(&p->work);
+  while (p->threads > 0 && ms != 0) {
+    if (ms < 0) pthread_cond_wait(&p->gone, &p->mu);
+    else if (pthread_cond_timedwait(&p->gone, &p->mu, &deadline) == ETIMEDOUT) break;
+  }
+  gone = (p->threads == 0);
+  pthread_mutex_unlock(&p->mu);
+  return gone;
+}
+
+
+const char *pool_unusable (Pool *p) {
+  if (p != &default_pool && p->pid != getpid())
+    return "isolate: this pool was made before the process forked; "
+           "it works in the parent process only";
+  if (p->closing) return "isolate: the pool is closed";
+  return NULL;
+}
+
+
+void pool_stats (Pool *p, PoolStats *s) {
+  pthread_mutex_lock(&p->mu);
+  s->workers = p->size;
+  s->busy = p->busy;
+  s->queued = p->queued;
+  s->done = p->done;
+  s->failed = p->failed;
+  s->cancelled = p->cancelled;
+  pthread_mutex_unlock(&p->mu);
+}
+
+/* }====================================================== */
+
+
+int pool_submit (Pool *p, Job *j) {
+  pthread_mutex_lock(&p->mu);
+  if (p->closing) {
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+  }
+  j->refs++;
+  j->id = ++p->nextid;
+  j->epoch = p->epoch;
+  atomic_store_explicit(&j->status, JOB_QUEUED, memory_order_relaxed);
+  enqueue(p, j);
+  if (p->sleeping > 0)
+    pthread_cond_signal(&p->work);
+  pthread_mutex_unlock(&p->mu);
   return 1;
 }
 
@@ -482,30 +826,44 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
   if (finished(p, j)) return 1;
   w = (Worker *)pthread_getspecific(worker_key);
   if (runs && w != NULL && w->pool == p) {
-    int mine;
+    int mine = 0;
     pthread_mutex_lock(&p->mu);
-    mine = atomic_load_explicit(&j->status, memory_order_relaxed) == JOB_QUEUED &&
-           unqueue(p, j);
+    if (atomic_load_explicit(&j->status, memory_order_relaxed) == JOB_QUEUED) {
+      start(p, j);
+      mine = 1;
+    }
     pthread_mutex_unlock(&p->mu);
     if (mine) {		/* drops the queue's reference; the caller's remains */
       if (stack_left(w) >= ISOLATE_INLINE_STACK) {
-        execute(p, j, state_new());
+        execute(p, j, prepare(p), w);
         return 1;
       }
       lend(p, j);
     }
   }
   if (ms > 0 && spin_until_ended(j)) return 1;	/* a poll only looks */
-  clock_gettime(CLOCK_MONOTONIC, &deadline);
-  deadline.tv_sec += ms / 1000;
-  deadline.tv_nsec += (ms % 1000) * 1000000L;
-  if (deadline.tv_nsec >= 1000000000L) {
-    deadline.tv_sec++;
-    deadline.tv_nsec -= 1000000000L;
-  }
+  deadline_in(&deadline, ms);
   pthread_mutex_lock(&p->mu);
   while (!(ended = job_ended(j)) &&
          pthread_cond_timedwait(&j->ended, &p->mu, &deadline) != ETIMEDOUT) ;
   pthread_mutex_unlock(&p->mu);
   return ended;
+}
+
+
+unsigned long pool_ends (void) {
+  return atomic_load(&ends);
+}
+
+
+void pool_waitends (unsigned long seen, long ms) {
+  struct timespec deadline;
+  pthread_once(&key_once, init_once);
+  deadline_in(&deadline, ms);
+  pthread_mutex_lock(&ends_mu);
+  atomic_fetch_add(&ends_waiters, 1);
+  while (atomic_load(&ends) == seen &&
+         pthread_cond_timedwait(&ends_cv, &ends_mu, &deadline) != ETIMEDOUT) ;
+  atomic_fetch_sub(&ends_waiters, 1);
+  pthread_mutex_unlock(&ends_mu);
 }

@@ -17,26 +17,62 @@
 #include "buffer.h"
 
 typedef enum JobStatus {
-  JOB_NEW, JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED
+  JOB_NEW, JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELLED
 } JobStatus;
 
 typedef struct Job Job;
 typedef struct Pool Pool;
 
+typedef struct PoolStats {
+  int workers, busy, queued;
+  unsigned long done, failed, cancelled;
+} PoolStats;
+
 /* the default pool (started on first use), or NULL if it cannot start */
 Pool *pool_default (void);
 int pool_cpus (void);
+
+/*
+** A pool of its own: 'size' threads named after 'name' (NULL: none, else
+** copied), each isolate's heap capped at 'limit' bytes (0: no cap), 'init'
+** (a job input without arguments, moved in; NULL: none) run in every fresh
+** state before it gets a job.  NULL if it cannot start.  The caller holds
+** one reference; every thread of the pool holds one too.
+*/
+Pool *pool_new (int size, const char *name, size_t limit, Buffer *init);
+void pool_retain (Pool *p);
+void pool_release (Pool *p);
+
+/*
+** Take no more jobs.  Its threads run those queued, then end; wait for
+** that up to 'ms' milliseconds (< 0: no limit; 0: do not wait).  True if
+** they have all ended.  Never on the default pool.
+*/
+int pool_close (Pool *p, long ms);
+/* cancel every job the pool has, queued or running */
+void pool_cancelall (Pool *p);
+void pool_stats (Pool *p, PoolStats *s);
+/* NULL if 'p' can take jobs, else why not */
+const char *pool_unusable (Pool *p);
 
 /* a new job for an isolate nested 'depth' deep, or NULL (no memory) */
 Job *job_new (int depth);
 Buffer *job_input (Job *j);
 unsigned long job_id (Job *j);
+/* once it has ended: the order of its end among all jobs (from 1) */
+unsigned long job_endseq (Pool *p, Job *j);
 JobStatus job_status (Pool *p, Job *j);
 /* once the job has ended: move its output (results or failure record) */
 void job_take_output (Job *j, Buffer *dst);
 void job_release (Pool *p, Job *j);
+/*
+** Cancel 'j': a queued job ends at once, a running one is interrupted.
+** True if the request came before the job ended: it ends cancelled.
+*/
+int job_cancel (Pool *p, Job *j);
 
-void pool_submit (Pool *p, Job *j);
+/* queue 'j' (0: the pool takes no jobs, see pool_unusable) */
+int pool_submit (Pool *p, Job *j);
 
 /* bytes of C stack left to a thread of a pool ((size_t)-1 elsewhere) */
 size_t pool_stackleft (void);
@@ -50,5 +86,13 @@ size_t pool_stackleft (void);
 ** per job it polls.
 */
 int pool_wait (Pool *p, Job *j, long ms, int runs);
+
+/*
+** Jobs of any pool that have ended so far, and a wait of up to 'ms'
+** milliseconds until that count is past 'seen': for a caller waiting for
+** the first of several jobs to end.
+*/
+unsigned long pool_ends (void);
+void pool_waitends (unsigned long seen, long ms);
 
 #endif

@@ -51,13 +51,20 @@
 typedef enum Exit {
   EXIT_NONE,
   EXIT_PLAIN,			/* os.exit: ends without results */
-  EXIT_RESULTS			/* isolate.exit: its results are in 'exitbuf' */
+  EXIT_RESULTS,			/* isolate.exit: its results are in 'exitbuf' */
+  EXIT_CANCEL			/* task:cancel() */
 } Exit;
 
 typedef struct Isolate {
   Buffer *in, *out;		/* the job's, during state_run */
   const char *name;		/* the pool's, or NULL */
   int depth;			/* 1 for an isolate that a caller started */
+  const atomic_int *cancel;	/* the job's cancel request (NULL: none) */
+  lua_State *volatile running;	/* the thread that runs now (NULL: the main one) */
+  lua_Integer index;		/* map: the list index of the item being run */
+  size_t limit, used;		/* bytes of heap allowed (0: no limit) and used */
+  int initfailed;		/* the pool's init failed: 'initrec' tells how */
+  Buffer initrec;
   Exit exit;			/* the first exit asked for */
   int final;			/* the outcome is decided: exits change nothing */
   lua_Integer calls;		/* pcall, xpcall, resume entered so far */
@@ -87,21 +94,34 @@ static const char msgh_key = 0;		/* registry: the message handler */
 static atomic_size_t failalloc;
 
 
+/*
+** The isolate's allocator counts the bytes its state holds, for the pool's
+** memory limit: past it, an allocation fails, Lua collects and tries once
+** more, then raises its memory error.
+*/
 static void *allocf (void *ud, void *ptr, size_t osize, size_t nsize) {
   Isolate *iso = (Isolate *)ud;
+  size_t old = ptr == NULL ? 0 : osize;	/* else osize tells the type */
+  void *block;
   if (nsize == 0) {
     free(ptr);
+    iso->used -= old;
     return NULL;
   }
-  if (iso->failat != 0 && nsize > (ptr == NULL ? 0 : osize)) {
-    /* fail the chosen allocation, and Lua's retry of it after a full GC */
-    if (++iso->allocs == iso->failat) {
-      iso->failsize = nsize;
-      return NULL;
+  if (nsize > old) {
+    if (iso->limit != 0 && nsize - old > iso->limit - iso->used) return NULL;
+    if (iso->failat != 0) {
+      /* fail the chosen allocation, and Lua's retry of it after a full GC */
+      if (++iso->allocs == iso->failat) {
+        iso->failsize = nsize;
+        return NULL;
+      }
+      if (iso->allocs == iso->failat + 1 && nsize == iso->failsize) return NULL;
     }
-    if (iso->allocs == iso->failat + 1 && nsize == iso->failsize) return NULL;
   }
-  return realloc(ptr, nsize);
+  block = realloc(ptr, nsize);
+  if (block != NULL) iso->used += nsize - old;	/* modulo 2^n: shrinking too */
+  return block;
 }
 
 
@@ -234,6 +254,67 @@ static int os_exit (lua_State *L) {
 
 
 /*
+** {======================================================
+** Cancelling
+** =======================================================
+*/
+
+/*
+** A cancel request costs nothing until it is made: no hook runs in a
+** healthy isolate.  The canceller sets the job's flag, then signals the
+** thread that runs it; the signal handler (state_interrupt) sets a hook on
+** the thread of the isolate that runs at that moment, its main thread or
+** the coroutine that it resumed, the way the standalone interpreter stops
+** a script on Ctrl-C.  The hook turns the request into an exit of its own
+** kind (so pcall cannot catch it and to-be-closed variables close).  A
+** request that comes while no Lua code of the isolate runs (it is decoding
+** its input, waiting for a task, or running a nested isolate) is seen at
+** the next check: before the function is called, when a coroutine comes
+** back, in every slice of a wait (state_checkcancel).
+*/
+
+static int cancelled (Isolate *iso) {
+  return iso->cancel != NULL && atomic_load_explicit(iso->cancel, memory_order_relaxed);
+}
+
+
+static void cancel_hook (lua_State *L, lua_Debug *ar) {
+  Isolate *iso = current(L);
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);	/* one shot: cleanup code runs unhooked */
+  if (iso->exit == EXIT_NONE && !iso->final) request(L, iso, EXIT_CANCEL, 0);
+}
+
+
+int state_cancelled (lua_State *L) {
+  Isolate *iso = current(L);
+  return iso != NULL && cancelled(iso) && iso->exit == EXIT_NONE && !iso->final;
+}
+
+
+void state_checkcancel (lua_State *L) {
+  if (state_cancelled(L)) request(L, current(L), EXIT_CANCEL, 0);
+}
+
+
+/*
+** In a signal handler, on the thread that runs 'L' (state_run shows it):
+** lua_sethook may be called there (ldebug.c says under which
+** assumptions); nothing else here but loads.
+*/
+void state_interrupt (lua_State *L) {
+  Isolate *iso = current(L);
+  if (iso != NULL && cancelled(iso) && iso->exit == EXIT_NONE && !iso->final) {
+    lua_State *co = iso->running;
+    lua_sethook(co != NULL ? co : L, cancel_hook,
+                LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT, 1);
+  }
+}
+
+/* }====================================================== */
+
+
+/*
 ** Does the error on top (caught by the protected call numbered 'id') go
 ** on unwinding?  It does while an exit unwinds, if the call was running
 ** when the exit began, or if what it caught is the exit itself.
@@ -304,15 +385,21 @@ static int isolate_xpcall (lua_State *L) {
 
 /* the error on top killed 'co': close its to-be-closed variables */
 static int closethread (lua_State *L, lua_State *co) {
+  Isolate *iso = current(L);
+  lua_State *outer = iso->running;
+  int status;
   /* Lua 5.4.4 counts no C calls for a __close that closes a coroutine
      whose __close closes another...: the thread's stack would overflow */
   if (pool_stackleft() < ISOLATE_CLOSE_STACK)
     luaL_error(L, "C stack overflow (coroutines closing each other)");
+  iso->running = co;		/* its __close functions run there */
 #if LUA_VERSION_RELEASE_NUM >= 50406
-  return lua_closethread(co, L);
+  status = lua_closethread(co, L);
 #else
-  return lua_resetthread(co);
+  status = lua_resetthread(co);
 #endif
+  iso->running = outer;
+  return status;
 }
 
 static void close_dead (lua_State *L, lua_State *co) {
@@ -333,6 +420,7 @@ static void exit_after (lua_State *L, lua_State *co, unsigned long requests) {
     if (lua_status(co) == LUA_YIELD) closethread(L, co);
     unwind(L);
   }
+  state_checkcancel(L);		/* the hook was set in the coroutine */
 }
 
 
@@ -343,8 +431,13 @@ static int auxresume (lua_State *L, lua_State *co, int narg) {
     lua_pushliteral(L, "too many arguments to resume");
     return -1;
   }
+  lua_State *outer;
+  Isolate *iso = current(L);
   lua_xmove(L, co, narg);
+  outer = iso->running;
+  iso->running = co;		/* where a cancel request stops it */
   status = lua_resume(co, L, narg, &nres);
+  iso->running = outer;
   if (status == LUA_OK || status == LUA_YIELD) {
     if (!lua_checkstack(L, nres + 1)) {
       lua_pop(co, nres);
@@ -548,10 +641,11 @@ static int prepare (lua_State *L) {
 }
 
 
-lua_State *state_new (void) {
+lua_State *state_new (size_t limit) {
   Isolate *iso = (Isolate *)calloc(1, sizeof(Isolate));
   lua_State *L;
   if (iso == NULL) return NULL;
+  iso->limit = limit;
   L = lua_newstate(allocf, iso);
   if (L == NULL) {
     free(iso);
@@ -567,6 +661,15 @@ lua_State *state_new (void) {
   return L;
 }
 
+void state_close (lua_State *L) {
+  if (L != NULL) {
+    Isolate *iso = current(L);
+    lua_close(L);
+    buffer_free(&iso->initrec);
+    free(iso);
+  }
+}
+
 /* }====================================================== */
 
 
@@ -578,18 +681,48 @@ lua_State *state_new (void) {
 
 /*
 ** The isolate's life: decode the function and its arguments, call it,
-** encode all its results straight from the stack.
+** encode all its results straight from the stack.  A chunk of a map
+** calls the function on each item in turn, each result (the first)
+** taking its item's place on the stack.
 */
 static int body (lua_State *L) {
   Isolate *iso = (Isolate *)lua_touserdata(L, 1);
+  lua_Integer index;
   Reader r;
-  int n;
+  int n, i;
   reader_init(&r, iso->in);
-  n = message_getinput(L, &r);
+  n = message_getinput(L, &r, &index);
   buffer_free(iso->in);
-  lua_call(L, n - 1, LUA_MULTRET);
+  state_checkcancel(L);		/* asked for before the hook could be set */
+  if (index == 0) lua_call(L, n - 1, LUA_MULTRET);
+  else {
+    for (i = 1; i < n; i++) {
+      iso->index = index + i - 1;
+      lua_pushvalue(L, 2);
+      lua_pushvalue(L, 2 + i);
+      lua_call(L, 1, 1);
+      lua_replace(L, 2 + i);
+    }
+    iso->index = 0;
+    lua_remove(L, 2);
+  }
   if (iso->exit == EXIT_NONE)
-    codec_encode(L, iso->out, 2, lua_gettop(L) - 1, ROLE_RESULT);
+    codec_encodelist(L, iso->out, 2, lua_gettop(L) - 1,
+                     index == 0 ? ROLE_RESULT : ROLE_ITEMRESULT, index - (index != 0));
+  return 0;
+}
+
+
+/*
+** The pool's init, run in a fresh state before it has a job: decode the
+** function and call it.  Its results are dropped.
+*/
+static int initbody (lua_State *L) {
+  Isolate *iso = (Isolate *)lua_touserdata(L, 1);
+  lua_Integer index;
+  Reader r;
+  reader_init(&r, iso->in);
+  lua_call(L, message_getinput(L, &r, &index) - 1, 0);
   return 0;
 }
 
@@ -604,60 +737,110 @@ static int record (lua_State *L) {
   Isolate *iso = (Isolate *)lua_touserdata(L, 1);
   buffer_free(iso->out);
   message_putfailure(L, iso->out, (const char *)lua_touserdata(L, 2),
-                     (const char *)lua_touserdata(L, 3), 4, 5);
+                     (const char *)lua_touserdata(L, 3), 4, 5, iso->index);
   return 0;
 }
 
-/* the error value is on top of the stack, msgh at 1 */
+/* the message of an exit of kind 'how' */
+static const char *exitmessage (Exit how) {
+  return how == EXIT_CANCEL ? ISOLATE_CANCELLED
+       : how == EXIT_RESULTS ? "isolate.exit ended a chunk of a map"
+       : "Computation ended without result";
+}
+
+/* the error value is on top of the stack, msgh at 1; the record goes to 'out' */
 static void failure (lua_State *L, Isolate *iso, int status) {
-  const char *kind = iso->exit != EXIT_NONE ? "exit"
+  const char *kind = iso->exit == EXIT_CANCEL ? "cancelled"
+                   : iso->exit != EXIT_NONE ? "exit"
                    : status == LUA_ERRMEM ? "memory" : "error";
+  const char *message = iso->exit != EXIT_NONE ? exitmessage(iso->exit) : NULL;
   int value = lua_gettop(L);
   lua_pushcfunction(L, record);
   lua_pushlightuserdata(L, iso);
   lua_pushlightuserdata(L, (void *)kind);
-  lua_pushlightuserdata(L, iso->exit != EXIT_NONE
-                           ? (void *)"Computation ended without result" : NULL);
+  lua_pushlightuserdata(L, (void *)message);
   lua_pushvalue(L, value);
   lua_getupvalue(L, 1, 1);	/* msgh's traceback */
   if (lua_pcall(L, 5, 0, 0) != LUA_OK) {
     buffer_free(iso->out);
-    message_putplain(iso->out, kind, iso->exit != EXIT_NONE ? "Computation ended without result"
+    message_putplain(iso->out, kind, message != NULL ? message
                                      : status == LUA_ERRMEM ? "not enough memory"
                                      : "error while reporting an error");
   }
 }
 
 
-int state_run (lua_State *L, Buffer *in, Buffer *out, const char *name, int depth) {
+/*
+** Run the pool's init in 'L' before it gets a job.  A failure is kept in
+** the state, for the job that it will run: that job fails with it.  An
+** exit there is a failure too.
+*/
+void state_init (lua_State *L, Buffer *init, const char *name) {
+  Isolate *iso;
+  int status;
+  if (L == NULL) return;
+  iso = current(L);
+  iso->in = init;		/* read only: every worker reads it */
+  iso->out = &iso->initrec;
+  iso->name = name;
+  iso->depth = 1;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &msgh_key);
+  lua_pushcfunction(L, initbody);
+  lua_pushlightuserdata(L, iso);
+  status = lua_pcall(L, 1, 0, 1);
+  if (status != LUA_OK || iso->exit != EXIT_NONE) {
+    iso->final = 1;
+    iso->initfailed = 1;
+    if (status == LUA_OK) lua_pushnil(L);
+    failure(L, iso, status);
+  }
+  lua_settop(L, 0);
+  iso->in = iso->out = NULL;
+}
+
+
+int state_run (lua_State *L, Buffer *in, Buffer *out, const StateRun *run) {
   Isolate *iso;
   int status, ok;
+  buffer_free(out);
   if (L == NULL) {
     buffer_free(in);
-    buffer_free(out);
     message_putplain(out, "memory", "not enough memory for a new Lua state");
     return 0;
   }
   iso = current(L);
+  if (iso->initfailed) {
+    buffer_move(out, &iso->initrec);
+    ok = 0;
+    goto close;
+  }
   iso->in = in;
   iso->out = out;
-  iso->name = name;
-  iso->depth = depth;
+  iso->name = run->name;
+  iso->depth = run->depth;
+  iso->cancel = run->cancel;
   iso->failat = atomic_exchange(&failalloc, 0);
+  atomic_store_explicit(run->shown, L, memory_order_relaxed);	/* for cancel */
+  atomic_signal_fence(memory_order_seq_cst);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &msgh_key);	/* nothing allocates here */
   lua_pushcfunction(L, body);
   lua_pushlightuserdata(L, iso);
   status = lua_pcall(L, 1, 0, 1);
   iso->final = 1;		/* from here on, exits change nothing */
-  ok = (iso->exit == EXIT_RESULTS || (status == LUA_OK && iso->exit == EXIT_NONE));
-  if (iso->exit == EXIT_RESULTS)
+  ok = (iso->exit == EXIT_RESULTS && iso->index == 0) ||
+       (status == LUA_OK && iso->exit == EXIT_NONE);
+  if (ok && iso->exit == EXIT_RESULTS)
     buffer_move(out, &iso->exitbuf);
   else if (!ok) {
     if (status == LUA_OK) lua_pushnil(L);	/* exited, yet returned */
     failure(L, iso, status);
   }
+  atomic_store_explicit(run->shown, NULL, memory_order_relaxed);
+  atomic_signal_fence(memory_order_seq_cst);
+ close:
   lua_close(L);			/* before the caller sees the results: __gc done */
   buffer_free(&iso->exitbuf);
+  buffer_free(&iso->initrec);
   free(iso);
   buffer_free(in);		/* if body did not get that far */
   return ok;

@@ -4,23 +4,53 @@
 #ifndef state_h
 #define state_h
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include "lua.h"
 #include "buffer.h"
 
-/* a fresh state with the libraries open, or NULL when memory runs out */
-lua_State *state_new (void);
+/*
+** A fresh state with the libraries open, or NULL when memory runs out.
+** 'limit' caps the bytes its heap may hold (0: no limit).
+*/
+lua_State *state_new (size_t limit);
+/* close a state from state_new that ran no job (NULL: nothing to do) */
+void state_close (lua_State *L);
+
+/*
+** Run a pool's init ('init' is a job input without arguments, message.h,
+** only read) in 'L', a state from state_new (NULL: nothing happens),
+** before it gets a job; if it fails, the job that 'L' runs fails so.
+*/
+void state_init (lua_State *L, Buffer *init, const char *name);
+
+/* what state_run needs to know of the job besides its input and output */
+typedef struct StateRun {
+  const char *name;		/* the pool's name (NULL: none), for isolate.name() */
+  int depth;			/* nesting: 1 for an isolate a caller started */
+  const atomic_int *cancel;	/* becomes true when the job is cancelled */
+  lua_State *_Atomic *shown;	/* where the state is shown while its job runs */
+} StateRun;
 
 /*
 ** Run the job whose input is 'in' (message.h) in 'L', a state from
 ** state_new (NULL: none could be made), then close it; 'in' is freed.
-** 'name' is the pool's name (NULL: none), for isolate.name(); 'depth' is
-** how deep the isolate is nested (1: started by a caller that is not an
-** isolate).  Returns 1 with the results in 'out', or 0 with a failure
-** record there (message.h).  Never raises.
+** While the job's code may run, 'L' is in run->shown, for a handler of
+** the cancel signal on this thread (state_interrupt).  Returns 1 with the
+** results in 'out', or 0 with a failure record there (message.h).  Never
+** raises.
 */
-int state_run (lua_State *L, Buffer *in, Buffer *out, const char *name, int depth);
+int state_run (lua_State *L, Buffer *in, Buffer *out, const StateRun *run);
+
+/* in a signal handler on the thread that runs 'L': act on a cancel request */
+void state_interrupt (lua_State *L);
+
+/* is 'L' an isolate whose job was cancelled (and does not end yet)? */
+int state_cancelled (lua_State *L);
+
+/* inside an isolate whose job was cancelled: raise the cancel (else nothing) */
+void state_checkcancel (lua_State *L);
 
 /* inside an isolate: end it now with the 'n' values on top as results */
 int state_exit (lua_State *L, int n);

@@ -3,6 +3,174 @@
 
 local core = require "isolate.core"
 
+local Task = core.Task
+
+local function argerror(n, fname, msg, level)
+  error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level + 1)
+end
+
+local function checktable(v, n, fname, level)
+  if type(v) ~= "table" then
+    argerror(n, fname, "table expected, got " .. (v == nil and "no value" or type(v)), level + 1)
+  end
+end
+
+-- the tasks of a list, checked
+local function checktasks(tasks, fname, level)
+  checktable(tasks, 1, fname, level + 1)
+  for i = 1, #tasks do
+    if getmetatable(tasks[i]) ~= Task then
+      argerror(1, fname, string.format("tasks[%d] is not a task", i), level + 1)
+    end
+  end
+end
+
+
+-- {======================================================
+-- Progress of a map
+-- =======================================================
+
+-- a one-line bar on stderr, drawn at most ten times a second, when stderr
+-- is a terminal: items, percent, elapsed, rate, ETA; erased at the end
+local function progressbar()
+  if not core.stderrtty() then return function() end end
+  local t0, drawn = core.now(), -1
+  return function(done, total)
+    local t = core.now()
+    if done < total and t - drawn < 0.1 then return end
+    drawn = t
+    if done >= total then
+      io.stderr:write("\r\27[K")
+      return
+    end
+    local elapsed = t - t0
+    local rate = elapsed > 0 and done / elapsed or 0
+    local eta = rate > 0 and (total - done) / rate or 0
+    io.stderr:write(string.format("\r\27[K%d/%d items  %3d%%  %.1fs  %.0f items/s  ETA %.1fs",
+      done, total, done * 100 // total, elapsed, rate, eta))
+  end
+end
+
+-- }======================================================
+
+
+-- {======================================================
+-- Many computations
+-- =======================================================
+
+local MAXCHUNK = 65536          -- ISOLATE_MAXCHUNK of the core
+
+local function cancelall(tasks)
+  for i = 1, #tasks do tasks[i]:cancel() end
+end
+
+-- map(fn, list [, opts]) on 'pool' (nil: the default pool)
+local function map(pool, fn, list, opts)
+  if type(fn) ~= "function" then
+    argerror(1, "map", "function expected, got " .. (fn == nil and "nil" or type(fn)), 3)
+  end
+  checktable(list, 2, "map", 3)
+  local chunk, progress
+  if opts ~= nil then
+    checktable(opts, 3, "map", 3)
+    chunk, progress = opts.chunk, opts.progress
+    if chunk ~= nil and (math.type(chunk) ~= "integer" or chunk < 1) then
+      argerror(3, "map", "chunk must be an integer >= 1", 3)
+    end
+    if progress == true then progress = progressbar()
+    elseif progress ~= nil and progress ~= false and type(progress) ~= "function" then
+      argerror(3, "map", "progress must be a function or true", 3)
+    end
+  end
+  local n, out = #list, {}
+  if n == 0 then
+    if progress then progress(0, 0) end
+    return out
+  end
+  if chunk == nil then        -- every worker gets several chunks
+    local workers = (pool or core).stats(pool).workers
+    chunk = math.max(1, -(-n // (4 * workers)))
+  end
+  chunk = math.min(chunk, MAXCHUNK)
+
+  local f = core.encodefn(fn)
+  local tasks, firsts = {}, {}
+  local ok, err = pcall(function()
+    for i = 1, n, chunk do
+      tasks[#tasks + 1] = core.chunk(pool, f, list, i, math.min(i + chunk - 1, n))
+      firsts[#tasks] = i
+    end
+  end)
+  if not ok then
+    cancelall(tasks)
+    error(err, 0)
+  end
+
+  -- collect in the order the chunks end; after a failure, the chunks after
+  -- it are cancelled and those before it still run: the lowest index wins
+  local pending, done, failed = {}, 0, nil
+  for k = 1, #tasks do pending[k] = k end
+  ok, err = pcall(function()
+    while #pending > 0 do
+      local k = core.first(tasks, pending)
+      local c = pending[k]
+      pending[k] = pending[#pending]
+      pending[#pending] = nil
+      local last = c < #tasks and firsts[c + 1] - 1 or n
+      local cok, cerr = pcall(core.into, tasks[c], out, firsts[c])
+      if cok then
+        done = done + (last - firsts[c] + 1)
+        if progress and not failed then progress(done, n) end
+      elseif getmetatable(cerr) == core.RemoteError and cerr.kind ~= "cancelled" then
+        if not failed or (cerr.index or 0) < (failed.index or 0) then failed = cerr end
+        for j = c + 1, #tasks do tasks[j]:cancel() end
+      elseif getmetatable(cerr) ~= core.RemoteError then
+        error(cerr, 0)        -- an interrupt
+      end
+    end
+  end)
+  if not ok then
+    cancelall(tasks)
+    error(err, 0)
+  end
+  if failed then error(failed, 0) end
+  return out
+end
+
+local function all(tasks)
+  checktasks(tasks, "all", 2)
+  local out = {}
+  for i = 1, #tasks do out[i] = (tasks[i]:await()) end
+  return out
+end
+
+local function completed(tasks, timeout)
+  checktasks(tasks, "completed", 2)
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+    argerror(2, "completed", "timeout must be a number >= 0", 2)
+  end
+  local pending = {}
+  for i = 1, #tasks do pending[i] = i end
+  local deadline = timeout and timeout < math.huge and core.now() + timeout or nil
+  return function()
+    local n = #pending
+    if n == 0 then return nil end
+    local k = core.first(tasks, pending, deadline, timeout)
+    local i = pending[k]
+    pending[k] = pending[n]
+    pending[n] = nil
+    return i, tasks[i]
+  end
+end
+
+-- }======================================================
+
+
+function core.Pool.map(pool, fn, list, opts)
+  return map(pool, fn, list, opts)
+end
+
+
 local isolate = {
   _VERSION = "isolate scm",
 
@@ -12,6 +180,19 @@ local isolate = {
 
   -- The same, without waiting: a task whose await() returns the results.
   spawn = core.spawn,
+
+  -- {fn(list[1]), fn(list[2]), ...} computed in parallel, in chunks.
+  map = function(fn, list, opts) return map(nil, fn, list, opts) end,
+
+  -- The first results of tasks, in list order; and the tasks as they end.
+  all = all,
+  completed = completed,
+
+  -- A pool of its own: isolate.pool{size, name, memory_limit, init}.
+  pool = core.pool,
+
+  -- The default pool's counts: workers, busy, queued, done, failed, cancelled.
+  stats = core.stats,
 
   -- Inside an isolate: end it now with these results.
   exit = core.exit,
