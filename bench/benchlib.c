@@ -64,8 +64,20 @@ static int l_memcpy (lua_State *L) {
 }
 
 
+/* sleep 's' seconds */
+static int l_sleep (lua_State *L) {
+  double s = luaL_checknumber(L, 1);
+  struct timespec ts;
+  ts.tv_sec = (time_t)s;
+  ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+  while (nanosleep(&ts, &ts) != 0) ;
+  return 0;
+}
+
+
 static const luaL_Reg funcs[] = {
   {"now", l_now},
+  {"sleep", l_sleep},
   {"newstate", l_newstate},
   {"memcpy", l_memcpy},
   {NULL, NULL}

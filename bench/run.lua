@@ -75,3 +75,122 @@ do
   report(string.format("encode + decode 1e6 integers (%d bytes)", bytes), codec, ms,
     "memcpy of the same bytes", copy)
 end
+
+-- 3. The same round trip when the caller did other work (here: slept 10 ms)
+--    between calls, as a script that calls run now and then does.
+do
+  local N = 40
+  local rt = {}
+  for r = 1, RUNS do
+    local total = 0
+    for _ = 1, N do
+      bench.sleep(0.01)
+      local t0 = bench.now()
+      isolate.run(function() return 1 end)
+      total = total + (bench.now() - t0)
+    end
+    rt[r] = total / N
+  end
+  local ns = measure(200, function() return bench.newstate(200) end)
+  report("run round trip, 10 ms of sleep between calls", median(rt), us,
+    "luaL_newstate+openlibs+close", ns, 1.0)
+end
+
+-- 4. Many tasks in flight: 10,000 spawned, then all awaited.
+do
+  local N = 10000
+  local t = measure(N, timed(function()
+    local tasks = {}
+    for i = 1, N do tasks[i] = isolate.spawn(function(x) return x end, i) end
+    for i = 1, N do tasks[i]:await() end
+  end))
+  local ns = measure(2000, function() return bench.newstate(2000) end)
+  print(string.format("%-44s %9.0f /s   (goal >= 60000/s: %s)", "spawn + await, 10,000 tasks in flight", 1 / t,
+    1 / t >= 60000 and "met" or "NOT MET"))
+  report("  the same, per task", t, us, "luaL_newstate+openlibs+close", ns)
+end
+
+-- 5. map over 100,000 small items, against a serial loop in the caller.
+do
+  local N = 100000
+  local list = {}
+  for i = 1, N do list[i] = i end
+  local function sq(x) return x * x end
+  local m = measure(1, timed(function() isolate.map(sq, list) end))
+  local serial = measure(1, timed(function()
+    local out = {}
+    for i = 1, N do out[i] = sq(list[i]) end
+  end))
+  print(string.format("%-44s %9.0f items/s   (goal >= 1000000/s: %s)", "map(x * x) over 100,000 items", N / m,
+    N / m >= 1e6 and "met" or "NOT MET"))
+  report("  the same", m, ms, "a serial loop in the caller", serial)
+end
+
+-- 6. CPU-bound work: one job per CPU spawned at once, against the same
+--    jobs run one after another in the caller.
+do
+  local cpus = isolate.cpus()
+  local function work(n)
+    local x = 0
+    for i = 1, n do x = x + i % 7 end
+    return x
+  end
+  local W = 2e7
+  local par = measure(1, timed(function()
+    local tasks = {}
+    for i = 1, cpus do tasks[i] = isolate.spawn(work, W) end
+    for i = 1, cpus do tasks[i]:await() end
+  end))
+  local ser = measure(1, timed(function()
+    for _ = 1, cpus do work(W) end
+  end))
+  local speedup = ser / par
+  print(string.format("%-44s %9.2f x   (goal >= %.2f: %s)", string.format("speedup of %d CPU-bound jobs", cpus),
+    speedup, 0.97 * cpus, speedup >= 0.97 * cpus and "met" or "NOT MET"))
+
+  -- 7. a tight loop inside an isolate against the same loop in the caller:
+  --    no hook runs in a healthy isolate
+  local inside = measure(1, timed(function() isolate.run(work, W) end))
+  local here = measure(1, timed(function() work(W) end))
+  print(string.format("%-44s %9.2f x   (goal >= 0.97: %s)", "tight loop speed, isolate / caller",
+    here / inside, here / inside >= 0.97 and "met" or "NOT MET"))
+end
+
+-- 8. Cancel: from task:cancel() of a running loop until await raises.
+do
+  local xs = {}
+  for r = 1, RUNS do
+    local task = isolate.spawn(function() while true do end end)
+    while task:status() ~= "running" do end
+    local t0 = bench.now()
+    task:cancel()
+    pcall(task.await, task)
+    xs[r] = bench.now() - t0
+  end
+  local m = median(xs)
+  print(string.format("%-44s %s   (goal <= 2 ms: %s)", "cancel of a running loop until await raises",
+    ms(m), m <= 0.002 and "met" or "NOT MET"))
+end
+
+-- 9. A task that captures dkjson, in a pool whose init requires it,
+--    against a bare task in the same pool.
+do
+  local ok, json = pcall(require, "dkjson")
+  if not ok then
+    print("dkjson not installed: skipped the init figure")
+  else
+    local N = 200
+    local plain = isolate.pool{size = isolate.cpus()}
+    local ready = isolate.pool{size = isolate.cpus(), init = function() require "dkjson" end}
+    local function bare() return 1 end
+    local function withjson() return json.encode({1}) end
+    for _ = 1, 20 do ready:run(withjson); plain:run(bare) end
+    local t = measure(N, timed(function() for _ = 1, N do ready:run(withjson) end end))
+    local b = measure(N, timed(function() for _ = 1, N do plain:run(bare) end end))
+    report("task capturing dkjson, pool init requires it", t, us, "a bare task", b, 1.2)
+    local cold = measure(N, timed(function() for _ = 1, N do plain:run(withjson) end end))
+    report("  the same without init (require per task)", cold, us, "a bare task", b)
+    plain:close()
+    ready:close()
+  end
+end

@@ -247,13 +247,13 @@ describe("inside an isolate", function()
   end)
 
   it("names its worker threads", function()
-    local names = isolate.run(function()
+    local names = isolate.spawn(function()
       local f = io.open("/proc/thread-self/comm")
       if not f then return nil end
       local name = f:read("l")
       f:close()
       return name
-    end)
+    end):await()
     if names then assert.matches("^isolate/%d+$", names) end
   end)
 end)

@@ -308,7 +308,7 @@ static Pool *defaultpool (lua_State *L) {
 */
 typedef void (*PutInput) (lua_State *L, Buffer *b, void *ud);
 
-static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud) {
+static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here) {
   int depth = state_depth(L) + 1;
   const char *why;
   Task *t;
@@ -329,7 +329,12 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud) {
   lua_insert(L, 1);		/* below the values 'put' reads */
   put(L, job_input(t->job), ud);
   lua_settop(L, 1);
-  if (!pool_submit(p, t->job)) luaL_error(L, "%s", pool_unusable(p));
+  if (here) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    here = pool_runhere(p, t->job, L, lua_tothread(L, -1));
+    lua_pop(L, 1);
+  }
+  if (!here && !pool_submit(p, t->job)) luaL_error(L, "%s", pool_unusable(p));
   t->id = job_id(t->job);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &live_key);
   lua_pushvalue(L, 1);
@@ -728,7 +733,7 @@ static int l_chunk (lua_State *L) {
   c.j = luaL_checkinteger(L, 5);
   luaL_argcheck(L, c.i >= 1 && c.j >= c.i && c.j - c.i < ISOLATE_MAXCHUNK, 5, "bad chunk");
   lua_settop(L, 3);
-  submit(L, p, putchunk, &c);
+  submit(L, p, putchunk, &c, 0);
   return 1;
 }
 
@@ -842,7 +847,7 @@ static int pool_run (lua_State *L) {
   static int first = 2;
   Pool *p = checkpool(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  submit(L, p, putcall, &first);
+  submit(L, p, putcall, &first, 1);
   return collect(L, 1, 0, -1, 1);
 }
 
@@ -851,7 +856,7 @@ static int pool_spawn (lua_State *L) {
   static int first = 2;
   Pool *p = checkpool(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  submit(L, p, putcall, &first);
+  submit(L, p, putcall, &first, 0);
   return 1;
 }
 
@@ -939,7 +944,7 @@ static int l_stats (lua_State *L) {
 static int l_run (lua_State *L) {
   static int first = 1;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  submit(L, defaultpool(L), putcall, &first);
+  submit(L, defaultpool(L), putcall, &first, 1);
   return collect(L, 1, 0, -1, 1);
 }
 
@@ -947,7 +952,7 @@ static int l_run (lua_State *L) {
 static int l_spawn (lua_State *L) {
   static int first = 1;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  submit(L, defaultpool(L), putcall, &first);
+  submit(L, defaultpool(L), putcall, &first, 0);
   return 1;
 }
 

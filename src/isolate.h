@@ -60,6 +60,35 @@
 #define ISOLATE_WAIT_MS		10
 #endif
 
+/*
+** ThreadSanitizer holds a signal back until the thread calls a function
+** it intercepts, which a Lua loop may never do: a build under it polls
+** for a cancel with a count hook instead of signalling the thread (so it
+** cannot have a caller run its own isolate, either; see pool.c).  Only
+** that build pays for it.
+*/
+#if !defined(ISOLATE_CANCEL_POLL)
+#if defined(__SANITIZE_THREAD__)
+#define ISOLATE_CANCEL_POLL	1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ISOLATE_CANCEL_POLL	1
+#endif
+#endif
+#endif
+
+/*
+** Fresh states that a pool keeps prepared for callers that run their own
+** isolate, and how often a watchdog looks at the callers that do
+** (milliseconds), for a hook set on their state (Ctrl-C).
+*/
+#if !defined(ISOLATE_STASH)
+#define ISOLATE_STASH		2
+#endif
+#if !defined(ISOLATE_WATCH_MS)
+#define ISOLATE_WATCH_MS	5
+#endif
+
 /* most items in one chunk of a map (each is a value on a stack) */
 #if !defined(ISOLATE_MAXCHUNK)
 #define ISOLATE_MAXCHUNK	65536

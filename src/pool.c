@@ -78,6 +78,8 @@ struct Pool {
   char *name;			/* NULL for the default pool */
   size_t limit;			/* bytes of heap per isolate (0: no limit) */
   Buffer init;			/* the init's job input (empty: none) */
+  lua_State *stash[ISOLATE_STASH];	/* fresh states for callers (runhere) */
+  int nstash;
   int queued, busy;
   unsigned long done, failed, cancelled;
 };
@@ -386,15 +388,13 @@ static size_t stack_left (Worker *w) {
 
 
 /*
-** A detached thread of the pool, with an explicit stack size and the
-** asynchronous signals blocked.  Faults (SIGSEGV and the like) stay open:
-** they belong to the thread that causes them.  The thread holds a
-** reference to the pool.
+** A detached thread with an explicit stack size and the asynchronous
+** signals blocked.  Faults (SIGSEGV and the like) stay open: they belong
+** to the thread that causes them.
 */
-static int start_thread (Pool *p, void *(*fn) (void *), void *arg, int n) {
+static int detached (void *(*fn) (void *), void *arg, pthread_t *t) {
   pthread_attr_t attr;
   sigset_t all, old;
-  pthread_t t;
   int err;
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -407,14 +407,22 @@ static int start_thread (Pool *p, void *(*fn) (void *), void *arg, int n) {
   sigdelset(&all, SIGTRAP);
   sigdelset(&all, SIGSYS);
   pthread_sigmask(SIG_BLOCK, &all, &old);
+  err = pthread_create(t, &attr, fn, arg);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_attr_destroy(&attr);
+  return err == 0;
+}
+
+
+/* a thread of the pool (number 'n', or -1: a lent one); it holds a reference */
+static int start_thread (Pool *p, void *(*fn) (void *), void *arg, int n) {
+  pthread_t t;
+  int ok;
   pthread_mutex_lock(&p->mu);
   p->threads++;
   p->refs += (p->refs > 0);
   pthread_mutex_unlock(&p->mu);
-  err = pthread_create(&t, &attr, fn, arg);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  pthread_attr_destroy(&attr);
-  if (err != 0) {
+  if (!(ok = detached(fn, arg, &t))) {
     pthread_mutex_lock(&p->mu);
     p->threads--;
     p->refs -= (p->refs > 1);
@@ -426,7 +434,7 @@ static int start_thread (Pool *p, void *(*fn) (void *), void *arg, int n) {
     name[15] = '\0';		/* the kernel keeps 15 bytes of a thread's name */
     pthread_setname_np(t, name);
   }
-  return err == 0;
+  return ok;
 }
 
 
@@ -513,10 +521,28 @@ static void *worker (void *arg) {
   for (;;) {
     Job *j;
     pthread_mutex_lock(&p->mu);
-    while (p->head == NULL && !p->closing) {
+    while (p->head == NULL && !p->closing && p->nstash == ISOLATE_STASH) {
       p->sleeping++;
       pthread_cond_wait(&p->work, &p->mu);
       p->sleeping--;
+    }
+    if (p->head == NULL && !p->closing) {	/* idle: fill the stash */
+      lua_State *L;
+      pthread_mutex_unlock(&p->mu);
+      L = prepare(p);
+      pthread_mutex_lock(&p->mu);
+      if (L != NULL && p->nstash < ISOLATE_STASH && !p->closing) {
+        p->stash[p->nstash++] = L;
+        L = NULL;
+      }
+      else if (L == NULL) {	/* no memory: wait for a job rather than retry */
+        p->sleeping++;
+        pthread_cond_wait(&p->work, &p->mu);
+        p->sleeping--;
+      }
+      pthread_mutex_unlock(&p->mu);
+      state_close(L);
+      continue;
     }
     if ((j = p->head) == NULL) {
       pthread_mutex_unlock(&p->mu);
@@ -604,6 +630,7 @@ static void fork_child (void) {
   }
   p->head = p->tail = p->running = NULL;
   p->queued = p->busy = 0;
+  p->nstash = 0;		/* copies of the parent's; they stay unused */
   p->sleeping = 0;
   p->size = p->threads = 0;
   pthread_cond_init(&p->work, NULL);	/* its waiters were the parent's */
@@ -739,6 +766,7 @@ void pool_release (Pool *p) {
   left = p->refs > 0 ? --p->refs : 1;
   pthread_mutex_unlock(&p->mu);
   if (left == 0) {
+    while (p->nstash > 0) state_close(p->stash[--p->nstash]);
     pthread_cond_destroy(&p->work);
     pthread_cond_destroy(&p->gone);
     pthread_mutex_destroy(&p->mu);
@@ -849,6 +877,154 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
   pthread_mutex_unlock(&p->mu);
   return ended;
 }
+
+
+/*
+** {======================================================
+** A caller runs its own isolate
+** =======================================================
+*/
+
+/*
+** A caller that would only wait for its job (run) may run it itself, in
+** a fresh state of the pool's stash: waking an idle worker costs more
+** than a small isolate's whole run on some machines (100-200 us here).
+** The job is as any other (a fresh state, values copied, counted in the
+** pool's stats, cancelled by the cancel signal sent to the caller's
+** thread).  What the caller's thread would have noticed while it waited
+** is watched by the watchdog thread instead: a hook set on the caller's
+** state (the standalone interpreter's Ctrl-C) cancels the job, and the
+** caller's wait then raises the hook's error as before.  The watchdog
+** sleeps while no caller runs a job; it looks every ISOLATE_WATCH_MS
+** while one does.
+*/
+typedef struct Inline {
+  struct Inline *next;
+  lua_State *caller[2];		/* the caller's thread and main thread: */
+  lua_Hook hook[2];		/* the watchdog reads their hooks only */
+  int mask[2];
+  Pool *pool;
+  Job *job;
+} Inline;
+
+static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t watch_cv = PTHREAD_COND_INITIALIZER;
+static Inline *watched;		/* callers running their own jobs */
+static int watchdog;		/* 1: started; -1: cannot start */
+static pthread_key_t caller_key;	/* a caller thread's lowest stack address */
+
+
+static void *watch_thread (void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&watch_mu);
+  for (;;) {
+    struct timespec t;
+    Inline *in;
+    while (watched == NULL) pthread_cond_wait(&watch_cv, &watch_mu);
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_nsec += ISOLATE_WATCH_MS * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+      t.tv_sec++;
+      t.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&watch_cv, &watch_mu, &t);
+    for (in = watched; in != NULL; in = in->next) {
+      int i;			/* words that a signal handler of the caller may write */
+      for (i = 0; i < 2; i++)
+        if (lua_gethook(in->caller[i]) != in->hook[i] ||
+            lua_gethookmask(in->caller[i]) != in->mask[i])
+          job_cancel(in->pool, in->job);
+    }
+  }
+  return NULL;
+}
+
+
+static void caller_once (void) {
+  pthread_key_create(&caller_key, free);
+}
+
+
+/* the lowest address of the calling thread's stack, found once per thread */
+static const char *caller_stacklow (void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  const char **low;
+  pthread_once(&once, caller_once);
+  if ((low = (const char **)pthread_getspecific(caller_key)) == NULL) {
+    if ((low = (const char **)malloc(sizeof(*low))) == NULL) return NULL;
+    *low = stack_low();
+    pthread_setspecific(caller_key, low);
+  }
+  return *low;
+}
+
+
+int pool_runhere (Pool *p, Job *j, lua_State *caller, lua_State *mainthread) {
+  Worker w;
+  Inline in;
+  lua_State *L = NULL;
+  int i;
+#if defined(ISOLATE_CANCEL_POLL)
+  return 0;			/* see state.c: no signals, so no watchdog */
+#endif
+  if (cancel_signal == 0 || pthread_getspecific(worker_key) != NULL)
+    return 0;			/* a worker runs queued jobs itself anyway */
+  if (lua_gethook(caller) != NULL || lua_gethook(mainthread) != NULL)
+    return 0;			/* to be run before the wait (core.c's watch) */
+  w.pool = p;
+  w.stacklow = caller_stacklow();
+  atomic_init(&w.shown, NULL);
+  if (w.stacklow == NULL || stack_left(&w) < ISOLATE_INLINE_STACK) return 0;
+  if (watchdog == 0) {
+    pthread_mutex_lock(&watch_mu);
+    if (watchdog == 0) {
+      pthread_t t;
+      watchdog = detached(watch_thread, NULL, &t) ? 1 : -1;
+      if (watchdog > 0) pthread_setname_np(t, "isolate/watch");
+    }
+    pthread_mutex_unlock(&watch_mu);
+  }
+  if (watchdog < 0) return 0;
+  pthread_mutex_lock(&p->mu);
+  if (p->nstash > 0 && !p->closing) {
+    L = p->stash[--p->nstash];
+    j->refs++;			/* as the queue's, dropped by execute */
+    j->id = ++p->nextid;
+    j->epoch = p->epoch;
+    atomic_store_explicit(&j->status, JOB_QUEUED, memory_order_relaxed);
+    enqueue(p, j);
+    start(p, j);
+    if (p->sleeping > 0) pthread_cond_signal(&p->work);	/* to refill it */
+  }
+  pthread_mutex_unlock(&p->mu);
+  if (L == NULL) return 0;
+  in.caller[0] = caller;
+  in.caller[1] = mainthread;
+  for (i = 0; i < 2; i++) {
+    in.hook[i] = lua_gethook(in.caller[i]);
+    in.mask[i] = lua_gethookmask(in.caller[i]);
+  }
+  in.pool = p;
+  in.job = j;
+  pthread_mutex_lock(&watch_mu);
+  in.next = watched;
+  if (watched == NULL) pthread_cond_signal(&watch_cv);
+  watched = &in;
+  pthread_mutex_unlock(&watch_mu);
+  pthread_setspecific(worker_key, &w);
+  execute(p, j, L, &w);
+  pthread_setspecific(worker_key, NULL);
+  pthread_mutex_lock(&watch_mu);
+  {
+    Inline **link = &watched;
+    while (*link != &in) link = &(*link)->next;
+    *link = in.next;
+  }
+  pthread_mutex_unlock(&watch_mu);
+  return 1;
+}
+
+/* }====================================================== */
 
 
 unsigned long pool_ends (void) {

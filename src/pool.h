@@ -74,6 +74,14 @@ int job_cancel (Pool *p, Job *j);
 /* queue 'j' (0: the pool takes no jobs, see pool_unusable) */
 int pool_submit (Pool *p, Job *j);
 
+/*
+** Run 'j' on the calling thread, in a fresh state that the pool prepared,
+** for the thread 'caller' (of the state whose main thread is
+** 'mainthread') that waits for it; 0 if it cannot (nothing prepared, a
+** thread of a pool, too little stack): then submit it.
+*/
+int pool_runhere (Pool *p, Job *j, lua_State *caller, lua_State *mainthread);
+
 /* bytes of C stack left to a thread of a pool ((size_t)-1 elsewhere) */
 size_t pool_stackleft (void);
 

@@ -302,6 +302,17 @@ void state_checkcancel (lua_State *L) {
 ** lua_sethook may be called there (ldebug.c says under which
 ** assumptions); nothing else here but loads.
 */
+/* see isolate.h: a build under ThreadSanitizer polls with a count hook */
+#if defined(ISOLATE_CANCEL_POLL)
+static void poll_hook (lua_State *L, lua_Debug *ar) {
+  if (cancelled(current(L))) cancel_hook(L, ar);
+}
+#define pollcancel(L)	lua_sethook(L, poll_hook, LUA_MASKCOUNT, 1000)
+#else
+#define pollcancel(L)	((void)0)
+#endif
+
+
 void state_interrupt (lua_State *L) {
   Isolate *iso = current(L);
   if (iso != NULL && cancelled(iso) && iso->exit == EXIT_NONE && !iso->final) {
@@ -822,6 +833,7 @@ int state_run (lua_State *L, Buffer *in, Buffer *out, const StateRun *run) {
   iso->failat = atomic_exchange(&failalloc, 0);
   atomic_store_explicit(run->shown, L, memory_order_relaxed);	/* for cancel */
   atomic_signal_fence(memory_order_seq_cst);
+  pollcancel(L);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &msgh_key);	/* nothing allocates here */
   lua_pushcfunction(L, body);
   lua_pushlightuserdata(L, iso);
