@@ -43,13 +43,14 @@ typedef struct Task {
   unsigned long id;
   JobStatus status;		/* final once taken */
   unsigned long endseq;		/* the job's, once taken */
-  int seen;			/* its error was raised or returned to someone */
 } Task;
 
 typedef struct Output {
   Buffer b;
   int readers;			/* decodes of it under way */
   int decoded;			/* one decode went through: no need to keep it */
+  int failed, seen;		/* a failure record; its error was raised */
+  unsigned long id;		/* the task's */
 } Output;
 
 #define checktask(L,i)	((Task *)luaL_checkudata(L, i, ISOLATE_TASK))
@@ -74,8 +75,16 @@ static int output_close (lua_State *L) {
   return 0;
 }
 
+static void warnlost (lua_State *L, unsigned long id, Buffer *record);
+
+/* a failure that nobody saw is a warning (it goes with its task) */
 static int output_gc (lua_State *L) {
-  buffer_free(&((Output *)luaL_checkudata(L, 1, ISOLATE_OUTPUT))->b);
+  Output *o = (Output *)luaL_checkudata(L, 1, ISOLATE_OUTPUT);
+  if (o->failed && !o->seen && o->b.total > 0) {
+    o->seen = 1;
+    warnlost(L, o->id, &o->b);
+  }
+  buffer_free(&o->b);
   return 0;
 }
 
@@ -89,10 +98,9 @@ static Output *getoutput (lua_State *L, int ti) {
 }
 
 
-/* the task let go of its job (and so of its pool) */
+/* the task let go of its job (it keeps its pool until __gc) */
 static void letgo (Task *t) {
   job_release(t->pool, t->job);
-  pool_release(t->pool);
   t->job = NULL;
 }
 
@@ -231,6 +239,7 @@ static void adopt (lua_State *L, Task *t) {
   }
   os->list[os->n].job = t->job;
   os->list[os->n].pool = t->pool;
+  pool_retain(t->pool);
   os->list[os->n].id = t->id;
   os->n++;
   t->job = NULL;		/* the Orphans hold its references now */
@@ -268,7 +277,7 @@ static int task_gc (lua_State *L) {
   Task *t = checktask(L, 1);
   if (t->job != NULL) {
     JobStatus s = job_status(t->pool, t->job);
-    if (s == JOB_FAILED && !t->seen) {
+    if (s == JOB_FAILED) {
       Buffer record = BUFFER_INIT;
       job_take_output(t->job, &record);
       warnlost(L, t->id, &record);
@@ -276,18 +285,15 @@ static int task_gc (lua_State *L) {
     }
     if (s == JOB_QUEUED || s == JOB_RUNNING) {
       if (closing(L, 1)) job_cancel(t->pool, t->job);
-      else {
-        adopt(L, t);
-        return 0;
-      }
+      else adopt(L, t);
     }
-    letgo(t);
+    if (t->job != NULL) letgo(t);
   }
-  else if (t->status == JOB_FAILED && !t->seen) {
-    Output *o = getoutput(L, 1);
-    if (o != NULL && o->b.total > 0) warnlost(L, t->id, &o->b);
+  if (t->pool != NULL) {
+    pool_release(t->pool);
+    t->pool = NULL;
   }
-  return 0;
+  return 0;			/* a failure taken: its Output warns */
 }
 
 /* }------------------------------------------------------ */
@@ -463,6 +469,8 @@ static Output *output (lua_State *L, int ti, double timeout, int raise, int canc
   lua_setiuservalue(L, ti, OUTPUT);
   t->status = job_status(t->pool, t->job);
   t->endseq = job_endseq(t->pool, t->job);
+  o->failed = (t->status == JOB_FAILED);
+  o->id = t->id;
   job_take_output(t->job, &o->b);
   letgo(t);
   return o;
@@ -478,7 +486,11 @@ static int replay (lua_State *L, int ti) {
     return -1;
   }
   if (t->status != JOB_DONE) {	/* the RemoteError, again */
-    t->seen = 1;
+    Output *o = getoutput(L, ti);
+    if (o != NULL) {
+      o->seen = 1;
+      lua_pop(L, 1);
+    }
     return lua_error(L);
   }
   if (!lua_istable(L, -1)) luaL_error(L, "isolate: the task's results were replaced");
@@ -537,7 +549,7 @@ static int collect (lua_State *L, int ti, int keep, double timeout, int cancels)
     return replay(L, ti);
   }
   if (t->status != JOB_DONE) {
-    t->seen = 1;
+    o->seen = 1;
     return lua_error(L);
   }
   return n;			/* the output closes on return */
@@ -628,9 +640,12 @@ static int task_done (lua_State *L) {
 }
 
 
+/* "isolate.Task 7 (running)", with its pool's name if it has one */
 static int task_tostring (lua_State *L) {
   Task *t = checktask(L, 1);
-  lua_pushfstring(L, "isolate.Task %I (%s)", (LUAI_UACINT)t->id, task_statusname(t));
+  const char *name = t->pool != NULL ? pool_name(t->pool) : NULL;
+  lua_pushfstring(L, "isolate.Task %I%s%s (%s)", (LUAI_UACINT)t->id,
+                  name != NULL ? " " : "", name != NULL ? name : "", task_statusname(t));
   return 1;
 }
 

@@ -806,6 +806,11 @@ int pool_close (Pool *p, long ms) {
 }
 
 
+const char *pool_name (Pool *p) {
+  return p->name;
+}
+
+
 const char *pool_unusable (Pool *p) {
   if (p != &default_pool && p->pid != getpid())
     return "isolate: this pool was made before the process forked; "

@@ -52,6 +52,8 @@ int pool_close (Pool *p, long ms);
 /* cancel every job the pool has, queued or running */
 void pool_cancelall (Pool *p);
 void pool_stats (Pool *p, PoolStats *s);
+/* the name it was given (NULL: none) */
+const char *pool_name (Pool *p);
 /* NULL if 'p' can take jobs, else why not */
 const char *pool_unusable (Pool *p);
 
