@@ -68,15 +68,19 @@ caller reads (p.out), its stderr in a file.  Options:
   timeout      seconds before timeout(1) sends TERM (KILL 2 s later);
                default 20
   interpreter  default M.interpreter()
+  flags        a list of options for the interpreter, before the script
+               (lua.c's, such as "-W"; the spec host takes none)
   ulimit_v     a limit on address space, in KiB (ulimit -v)
 ]]
 function M.start(script, args, opts)
   opts = opts or {}
   local errfile = os.tmpname()
-  local cmd = string.format("%senv %s LUA_PATH_5_4=%s LUA_CPATH_5_4=%s timeout -k 2 %s %s %s",
+  local cmd = string.format("%senv %s LUA_PATH_5_4=%s LUA_CPATH_5_4=%s timeout -k 2 %s %s",
     opts.ulimit_v and ("ulimit -v " .. math.tointeger(opts.ulimit_v) .. " && ") or "",
     sanitizer_env(), quote(M.path), quote(M.cpath),
-    tostring(opts.timeout or 20), quote(opts.interpreter or M.interpreter()), quote(script))
+    tostring(opts.timeout or 20), quote(opts.interpreter or M.interpreter()))
+  for _, flag in ipairs(opts.flags or {}) do cmd = cmd .. " " .. quote(flag) end
+  cmd = cmd .. " " .. quote(script)
   for _, a in ipairs(args or {}) do cmd = cmd .. " " .. quote(a) end
   cmd = cmd .. " 2>" .. quote(errfile)
   return {out = assert(io.popen(cmd, "r")), errfile = errfile, command = cmd,
