@@ -310,6 +310,12 @@ describe("task:cancel()", function()
   end)
 
   it("costs nothing until it is asked for: no hook in a healthy isolate", function()
+    if require("isolate.core")._cancelpolls then
+      -- ThreadSanitizer holds signals back from a thread that runs only Lua
+      -- code, so a core built under it polls with a count hook (isolate.h)
+      pending("a core built under ThreadSanitizer polls for cancels")
+      return
+    end
     assert.is_nil(isolate.run(function() return debug.gethook() end))
     assert.is_nil(isolate.run(function() return coroutine.wrap(function() return debug.gethook() end)() end))
   end)

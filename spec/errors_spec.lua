@@ -215,9 +215,13 @@ describe("inside an isolate", function()
       end})
       isolate.exit("early")
     end))
-    local f = io.open(marker)
-    local content = f:read("a")
-    f:close()
+    -- (the state closes after its results are handed over: wait for it)
+    local content, deadline = "", os.time() + 10
+    repeat
+      local f = io.open(marker)
+      content = f:read("a")
+      f:close()
+    until content ~= "" or os.time() > deadline
     os.remove(marker)
     assert.same({n = 1, "early"}, r)
     assert.equal("false", content)

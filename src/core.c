@@ -1191,5 +1191,9 @@ int luaopen_isolate_core (lua_State *L) {
   lua_pop(L, 1);
   luaL_getmetatable(L, ISOLATE_TASK);
   lua_setfield(L, -2, "Task");		/* to tell a task */
+#if defined(ISOLATE_CANCEL_POLL)
+  lua_pushboolean(L, 1);		/* for the specs: a hook in every isolate */
+  lua_setfield(L, -2, "_cancelpolls");
+#endif
   return 1;
 }

@@ -80,6 +80,8 @@ struct Pool {
   Buffer init;			/* the init's job input (empty: none) */
   lua_State *stash[ISOLATE_STASH];	/* fresh states for callers (runhere) */
   int nstash;
+  lua_State *toclose[ISOLATE_STASH];	/* states of callers' jobs, to close */
+  int ntoclose;
   int queued, busy;
   unsigned long done, failed, cancelled;
 };
@@ -465,14 +467,15 @@ static void end (Pool *p) {
 
 
 /*
-** Run a job taken from the queue in the fresh state 'L', publish its end.
+** Run a job taken from the queue in the fresh state 'L', publish its end,
+** then close the state (or, with 'handoff', leave it to a worker).
 ** A job whose cancel was asked for before it ended ends cancelled, even
 ** if its code had finished.  A thread that a fork left in the child (it
 ** forked from inside an isolate) finishes its job there, for nobody: then
 ** it ends the child process, which no thread of the pool would ever end
 ** otherwise.
 */
-static void execute (Pool *p, Job *j, lua_State *L, Worker *w) {
+static void execute (Pool *p, Job *j, lua_State *L, Worker *w, int handoff) {
   lua_State *outer = atomic_load_explicit(&w->shown, memory_order_relaxed);
   StateRun run;
   int ok, forked;
@@ -494,8 +497,14 @@ static void execute (Pool *p, Job *j, lua_State *L, Worker *w) {
   }
   else publish(p, j, ok ? JOB_DONE : JOB_FAILED);
   job_unref(p, j);
+  if (handoff && L != NULL && p->ntoclose < ISOLATE_STASH) {
+    p->toclose[p->ntoclose++] = L;	/* a worker closes it */
+    L = NULL;
+    if (p->sleeping > 0) pthread_cond_signal(&p->work);
+  }
   pthread_mutex_unlock(&p->mu);
   if (forked) _exit(ok ? 0 : 1);
+  state_close(L);		/* its results are out: finalizers run now */
 }
 
 
@@ -521,10 +530,17 @@ static void *worker (void *arg) {
   for (;;) {
     Job *j;
     pthread_mutex_lock(&p->mu);
-    while (p->head == NULL && !p->closing && p->nstash == ISOLATE_STASH) {
+    while (p->head == NULL && !p->closing && p->nstash == ISOLATE_STASH &&
+           p->ntoclose == 0) {
       p->sleeping++;
       pthread_cond_wait(&p->work, &p->mu);
       p->sleeping--;
+    }
+    if (p->ntoclose > 0) {	/* a caller's state, for a thread with time */
+      lua_State *L = p->toclose[--p->ntoclose];
+      pthread_mutex_unlock(&p->mu);
+      state_close(L);
+      continue;
     }
     if (p->head == NULL && !p->closing) {	/* idle: fill the stash */
       lua_State *L;
@@ -550,7 +566,7 @@ static void *worker (void *arg) {
     }
     start(p, j);
     pthread_mutex_unlock(&p->mu);
-    execute(p, j, spare != NULL ? spare : prepare(p), &w);
+    execute(p, j, spare != NULL ? spare : prepare(p), &w, 0);
     spare = prepare(p);
   }
   state_close(spare);
@@ -574,7 +590,7 @@ static void *lent_thread (void *arg) {
   lent.job->thread = pthread_self();
   lent.job->onthread = 1;
   pthread_mutex_unlock(&lent.pool->mu);
-  execute(lent.pool, lent.job, prepare(lent.pool), &w);
+  execute(lent.pool, lent.job, prepare(lent.pool), &w, 0);
   end(lent.pool);
   return NULL;
 }
@@ -630,7 +646,7 @@ static void fork_child (void) {
   }
   p->head = p->tail = p->running = NULL;
   p->queued = p->busy = 0;
-  p->nstash = 0;		/* copies of the parent's; they stay unused */
+  p->nstash = p->ntoclose = 0;	/* copies of the parent's; left alone */
   p->sleeping = 0;
   p->size = p->threads = 0;
   pthread_cond_init(&p->work, NULL);	/* its waiters were the parent's */
@@ -767,6 +783,7 @@ void pool_release (Pool *p) {
   pthread_mutex_unlock(&p->mu);
   if (left == 0) {
     while (p->nstash > 0) state_close(p->stash[--p->nstash]);
+    while (p->ntoclose > 0) state_close(p->toclose[--p->ntoclose]);
     pthread_cond_destroy(&p->work);
     pthread_cond_destroy(&p->gone);
     pthread_mutex_destroy(&p->mu);
@@ -868,7 +885,7 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
     pthread_mutex_unlock(&p->mu);
     if (mine) {		/* drops the queue's reference; the caller's remains */
       if (stack_left(w) >= ISOLATE_INLINE_STACK) {
-        execute(p, j, prepare(p), w);
+        execute(p, j, prepare(p), w, 0);
         return 1;
       }
       lend(p, j);
@@ -1017,7 +1034,7 @@ int pool_runhere (Pool *p, Job *j, lua_State *caller, lua_State *mainthread) {
   watched = &in;
   pthread_mutex_unlock(&watch_mu);
   pthread_setspecific(worker_key, &w);
-  execute(p, j, L, &w);
+  execute(p, j, L, &w, 1);
   pthread_setspecific(worker_key, NULL);
   pthread_mutex_lock(&watch_mu);
   {

@@ -5,7 +5,10 @@
 ** included, so an isolate's failure (memory too) becomes a failure record
 ** for its caller and never a panic of the process.  A worker makes its
 ** next state as soon as it has published a job (state_new), so making it
-** is not part of the next job's round trip; no state runs two jobs.
+** is not part of the next job's round trip; no state runs two jobs.  The
+** state is closed after its results were handed over (state_close):
+** to-be-closed variables have closed when the function returned, but
+** finalizers run then.
 **
 ** The isolate's own record (struct Isolate) is its allocator's user data:
 ** Lua code cannot reach it, the debug library included, and finding it
@@ -676,6 +679,7 @@ void state_close (lua_State *L) {
   if (L != NULL) {
     Isolate *iso = current(L);
     lua_close(L);
+    buffer_free(&iso->exitbuf);
     buffer_free(&iso->initrec);
     free(iso);
   }
@@ -823,7 +827,7 @@ int state_run (lua_State *L, Buffer *in, Buffer *out, const StateRun *run) {
   if (iso->initfailed) {
     buffer_move(out, &iso->initrec);
     ok = 0;
-    goto close;
+    goto done;
   }
   iso->in = in;
   iso->out = out;
@@ -849,11 +853,7 @@ int state_run (lua_State *L, Buffer *in, Buffer *out, const StateRun *run) {
   }
   atomic_store_explicit(run->shown, NULL, memory_order_relaxed);
   atomic_signal_fence(memory_order_seq_cst);
- close:
-  lua_close(L);			/* before the caller sees the results: __gc done */
-  buffer_free(&iso->exitbuf);
-  buffer_free(&iso->initrec);
-  free(iso);
+ done:
   buffer_free(in);		/* if body did not get that far */
   return ok;
 }

@@ -15,7 +15,7 @@
 ** 'limit' caps the bytes its heap may hold (0: no limit).
 */
 lua_State *state_new (size_t limit);
-/* close a state from state_new that ran no job (NULL: nothing to do) */
+/* close a state from state_new (NULL: nothing to do) */
 void state_close (lua_State *L);
 
 /*
@@ -35,7 +35,8 @@ typedef struct StateRun {
 
 /*
 ** Run the job whose input is 'in' (message.h) in 'L', a state from
-** state_new (NULL: none could be made), then close it; 'in' is freed.
+** state_new (NULL: none could be made); 'in' is freed.  The caller closes
+** 'L' (state_close) once it has handed the results over.
 ** While the job's code may run, 'L' is in run->shown, for a handler of
 ** the cancel signal on this thread (state_interrupt).  Returns 1 with the
 ** results in 'out', or 0 with a failure record there (message.h).  Never
