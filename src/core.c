@@ -124,7 +124,7 @@ static void letgo (Task *t) {
 ** only.  A failed task collected with its error unseen says so in a
 ** warning.
 */
-static const char live_key = 0;		/* registry: weak table, task -> task */
+static const char live_key = 0;		/* registry: weak table, task -> task (pools too) */
 static const char orphans_key = 0;	/* registry: the Orphans */
 
 typedef struct Orphan {
@@ -849,11 +849,16 @@ static int l_pool (lua_State *L) {
     message_putinput(L, init, lua_gettop(L), 1);
     lua_pop(L, 1);
   }
+  lifecycle(L);
   h = (PoolHandle *)lua_newuserdatauv(L, sizeof(PoolHandle), 0);
   h->pool = NULL;
   luaL_setmetatable(L, ISOLATE_POOL);
   if ((h->pool = pool_new(size, name, limit, init)) == NULL)
     return luaL_error(L, "isolate: cannot start the pool's threads");
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &live_key);	/* see closing() */
+  lua_pushvalue(L, -2);
+  lua_rawsetp(L, -2, h);
+  lua_pop(L, 1);
   return 1;
 }
 

@@ -113,6 +113,13 @@ static atomic_int ends_waiters;
 static pthread_mutex_t ends_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t ends_cv;
 
+/* callers that run their own jobs, and the watchdog that watches them */
+typedef struct Inline Inline;
+static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t watch_cv = PTHREAD_COND_INITIALIZER;
+static Inline *watched;		/* callers running their own jobs */
+static int watchdog;		/* 1: started; -1: cannot start */
+
 
 /* the CPUs this process may run on (taskset, cgroup cpusets), or online */
 int pool_cpus (void) {
@@ -655,6 +662,10 @@ static void fork_child (void) {
   pthread_mutex_init(&start_mu, NULL);
   pthread_mutex_init(&ends_mu, NULL);
   atomic_store(&ends_waiters, 0);
+  pthread_mutex_init(&watch_mu, NULL);	/* the watchdog was the parent's */
+  pthread_cond_init(&watch_cv, NULL);
+  watched = NULL;
+  watchdog = 0;
 }
 
 
@@ -920,19 +931,15 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
 ** sleeps while no caller runs a job; it looks every ISOLATE_WATCH_MS
 ** while one does.
 */
-typedef struct Inline {
+struct Inline {
   struct Inline *next;
   lua_State *caller[2];		/* the caller's thread and main thread: */
   lua_Hook hook[2];		/* the watchdog reads their hooks only */
   int mask[2];
   Pool *pool;
   Job *job;
-} Inline;
+};
 
-static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t watch_cv = PTHREAD_COND_INITIALIZER;
-static Inline *watched;		/* callers running their own jobs */
-static int watchdog;		/* 1: started; -1: cannot start */
 static pthread_key_t caller_key;	/* a caller thread's lowest stack address */
 
 
