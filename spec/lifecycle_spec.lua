@@ -64,7 +64,7 @@ describe("Ctrl-C", function()
   -- record with 'after', the seconds from the signal to its end.
   local function interrupt(mode)
     local started = poll.marker()
-    local p = sub.start(SCENARIO, {mode, started}, {timeout = 10})
+    local p = sub.start(SCENARIO, {mode, started}, {timeout = 40})
     local pid = tonumber((sub.readline(p) or ""):match("^ready (%d+)$"))
     local begun = pid ~= nil and poll.await_file(started, 5)
     local sent, killed, why

@@ -37,7 +37,7 @@ end
 -- waited for was cancelled (no worker left busy)
 local function report(ok, err)
   io.stdout:write("caught: ", ok and "nothing" or tostring(err), "\n")
-  eventually(function() return isolate.stats().busy == 0 end, 5)
+  eventually(function() return isolate.stats().busy == 0 end, 20)  -- (loaded machines, valgrind)
   io.stdout:write("busy ", isolate.stats().busy, "\n")
 end
 
