@@ -447,7 +447,10 @@ static Output *output (lua_State *L, int ti, double timeout, int raise, int canc
       double left = deadline - now();
       if (left < (double)ms / 1000) ms = left > 0 ? (long)(left * 1000) : 0;
     }
-    if (pool_wait(t->pool, t->job, ms, timeout < 0)) break;
+    if (pool_wait(t->pool, t->job, ms, timeout < 0)) {
+      state_checkcancel(L);	/* an isolate cancelled meanwhile ends first */
+      break;
+    }
     if (timeout >= 0 && now() >= deadline) {
       if (raise) {
         lua_pushfstring(L, "isolate: task %I did not end within %f seconds",

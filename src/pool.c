@@ -47,6 +47,8 @@
 
 struct Job {
   struct Job *next, *prev;	/* in the queue, or in the list of running jobs */
+  struct Job *inner;		/* the job it waits for, run by its own thread */
+  struct Job *outer;		/* the job that waits for this one so */
   int refs;
   _Atomic int status;		/* a JobStatus: written under the mutex */
   atomic_int cancel;		/* a cancel was asked for before the end */
@@ -54,7 +56,7 @@ struct Job {
   pthread_t thread;
   unsigned long id;
   unsigned long endseq;		/* when it ended, among all jobs (0: not yet) */
-  unsigned long epoch;		/* the pool's epoch when it was submitted */
+  unsigned long epoch;		/* the process' epoch when it was submitted */
   int depth;			/* nesting of its isolate */
   pthread_cond_t ended;		/* broadcast when status becomes final */
   Buffer in;			/* package paths, then the function and arguments */
@@ -74,7 +76,7 @@ struct Pool {
   int closing;			/* takes no more jobs */
   pid_t pid;			/* the process that made it (pool_new) */
   unsigned long nextid;
-  unsigned long epoch;		/* one more in each forked child */
+  struct Pool *nextpool, *prevpool;	/* in the list of pools of one's own */
   char *name;			/* NULL for the default pool */
   size_t limit;			/* bytes of heap per isolate (0: no limit) */
   Buffer init;			/* the init's job input (empty: none) */
@@ -93,6 +95,15 @@ static pthread_mutex_t start_mu = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int started;	/* the default pool's threads were started */
 
 /*
+** One more in each forked child: a job of another epoch is the parent's.
+** The pools of one's own are listed, so that a fork finds them all (none
+** of their threads are in the child).
+*/
+static unsigned long epoch;
+static Pool *pools;
+static pthread_mutex_t pools_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/*
 ** What a thread of a pool knows of itself, through a pthread key, not
 ** _Thread_local: the dynamic TLS of a dlopen'ed library is beyond what
 ** some tools walk (LeakSanitizer's tracer crashes on it).
@@ -101,6 +112,7 @@ typedef struct Worker {
   Pool *pool;
   const char *stacklow;		/* lowest address of its stack (NULL: unknown) */
   lua_State *_Atomic shown;	/* the state whose job runs now (state_run) */
+  Job *job;			/* the job it runs now (the innermost) */
 } Worker;
 
 static pthread_key_t worker_key;
@@ -224,11 +236,19 @@ void job_take_output (Job *j, Buffer *dst) {
 
 /* the job has ended: count it, tell its waiters; mutex held */
 static void publish (Pool *p, Job *j, JobStatus status) {
+  if (j->outer != NULL) {
+    j->outer->inner = NULL;
+    j->outer = NULL;
+  }
+  if (j->inner != NULL) {	/* a lent one may outlive its waiter */
+    j->inner->outer = NULL;
+    j->inner = NULL;
+  }
   atomic_store_explicit(&j->status, status, memory_order_release);
   if (status == JOB_DONE) p->done++;
   else if (status == JOB_FAILED) p->failed++;
   else p->cancelled++;
-  if (j->epoch == p->epoch)	/* see lose() */
+  if (j->epoch == epoch)	/* see lose() */
     pthread_cond_broadcast(&j->ended);
   j->endseq = atomic_fetch_add(&ends, 1) + 1;
   if (atomic_load(&ends_waiters) > 0) {
@@ -256,10 +276,11 @@ static void lose (Job *j) {		/* mutex held */
 
 
 static void job_unref (Pool *p, Job *j) {	/* mutex held */
+  (void)p;
   if (--j->refs == 0) {
     buffer_free(&j->in);
     buffer_free(&j->out);
-    if (j->epoch == p->epoch)	/* see lose() */
+    if (j->epoch == epoch)	/* see lose() */
       pthread_cond_destroy(&j->ended);
     free(j);
   }
@@ -276,7 +297,7 @@ void job_release (Pool *p, Job *j) {
 /* has 'j' ended?  In a forked child, a job of the parent has (lose) */
 static int finished (Pool *p, Job *j) {
   int ended = job_ended(j);
-  if (!ended && j->epoch != p->epoch) {
+  if (!ended && j->epoch != epoch) {
     pthread_mutex_lock(&p->mu);
     if (!job_ended(j)) lose(j);
     pthread_mutex_unlock(&p->mu);
@@ -335,7 +356,7 @@ static void stop (Pool *p, Job *j) {
 /* mutex held: the cancel of 'j' (see job_cancel) */
 static int cancel (Pool *p, Job *j) {
   int s = atomic_load_explicit(&j->status, memory_order_relaxed);
-  if (isfinal(s) || j->epoch != p->epoch) return 0;
+  if (isfinal(s) || j->epoch != epoch) return 0;
   atomic_store(&j->cancel, 1);
   if (s == JOB_QUEUED) {	/* it never starts */
     unlink_queued(p, j);
@@ -344,8 +365,13 @@ static int cancel (Pool *p, Job *j) {
     publish(p, j, JOB_CANCELLED);
     job_unref(p, j);		/* the queue's reference */
   }
-  else if (j->onthread && cancel_signal != 0)
-    pthread_kill(j->thread, cancel_signal);	/* it sees the flag then */
+  else {
+    /* a job that its thread runs while this one waits for it is this
+       one's child: its cancel comes first, where the signal looks */
+    if (j->inner != NULL) cancel(p, j->inner);
+    if (j->onthread && cancel_signal != 0)
+      pthread_kill(j->thread, cancel_signal);	/* it sees the flag then */
+  }
   return 1;
 }
 
@@ -452,6 +478,7 @@ static void begin (Worker *w, Pool *p) {
   w->pool = p;
   w->stacklow = stack_low();
   atomic_init(&w->shown, NULL);
+  w->job = NULL;
   pthread_setspecific(worker_key, w);
   if (cancel_signal != 0) {
     sigset_t set;
@@ -489,11 +516,14 @@ static void execute (Pool *p, Job *j, lua_State *L, Worker *w, int handoff) {
   run.name = p->name;
   run.depth = j->depth;
   run.cancel = &j->cancel;
+  Job *waiting = w->job;
   run.shown = &w->shown;
+  w->job = j;
   ok = state_run(L, &j->in, &j->out, &run);
+  w->job = waiting;
   atomic_store_explicit(&w->shown, outer, memory_order_relaxed);
   pthread_mutex_lock(&p->mu);
-  forked = (j->epoch != p->epoch);
+  forked = (j->epoch != epoch);
   if (!forked) stop(p, j);	/* the child's lists know nothing of it */
   if (forked)
     atomic_store_explicit(&j->status, ok ? JOB_DONE : JOB_FAILED, memory_order_release);
@@ -631,20 +661,29 @@ static void lend (Pool *p, Job *j) {
 */
 
 static void fork_prepare (void) {
+  Pool *p;
   pthread_mutex_lock(&start_mu);
   pthread_mutex_lock(&default_pool.mu);
+  pthread_mutex_lock(&pools_mu);
+  for (p = pools; p != NULL; p = p->nextpool) pthread_mutex_lock(&p->mu);
 }
 
 static void fork_parent (void) {
+  Pool *p;
+  for (p = pools; p != NULL; p = p->nextpool) pthread_mutex_unlock(&p->mu);
+  pthread_mutex_unlock(&pools_mu);
   pthread_mutex_unlock(&default_pool.mu);
   pthread_mutex_unlock(&start_mu);
 }
 
-/* the child has none of the pool's threads: start again on first use */
-static void fork_child (void) {
-  Pool *p = &default_pool;
+/*
+** A pool in the child: none of its threads are there.  Its queued jobs
+** are lost (their tasks fail), and so are its running ones, when their
+** tasks look (finished).  Its prepared states are copies of the parent's,
+** left alone.
+*/
+static void orphan_pool (Pool *p) {
   Job *j = p->head;
-  p->epoch++;
   while (j != NULL) {
     Job *next = j->next;
     lose(j);
@@ -653,12 +692,26 @@ static void fork_child (void) {
   }
   p->head = p->tail = p->running = NULL;
   p->queued = p->busy = 0;
-  p->nstash = p->ntoclose = 0;	/* copies of the parent's; left alone */
+  p->nstash = p->ntoclose = 0;
   p->sleeping = 0;
-  p->size = p->threads = 0;
+  p->threads = 0;
   pthread_cond_init(&p->work, NULL);	/* its waiters were the parent's */
-  atomic_store(&started, 0);
+  pthread_cond_init(&p->gone, NULL);
   pthread_mutex_init(&p->mu, NULL);
+}
+
+/* the default pool starts again on first use; pools of one's own do not */
+static void fork_child (void) {
+  Pool *p;
+  epoch++;
+  orphan_pool(&default_pool);
+  default_pool.size = 0;
+  atomic_store(&started, 0);
+  for (p = pools; p != NULL; p = p->nextpool) {
+    orphan_pool(p);
+    p->closing = 1;		/* pool_unusable tells why */
+  }
+  pthread_mutex_init(&pools_mu, NULL);
   pthread_mutex_init(&start_mu, NULL);
   pthread_mutex_init(&ends_mu, NULL);
   atomic_store(&ends_waiters, 0);
@@ -769,6 +822,11 @@ Pool *pool_new (int size, const char *name, size_t limit, Buffer *init) {
   p->pid = getpid();
   p->limit = limit;
   if (init != NULL) buffer_move(&p->init, init);
+  pthread_mutex_lock(&pools_mu);
+  p->nextpool = pools;
+  if (pools != NULL) pools->prevpool = p;
+  pools = p;
+  pthread_mutex_unlock(&pools_mu);
   for (i = 0; i < size && start_thread(p, worker, p, i); i++) ;
   p->size = i;
   if (i < size) {		/* all or nothing */
@@ -793,6 +851,11 @@ void pool_release (Pool *p) {
   left = p->refs > 0 ? --p->refs : 1;
   pthread_mutex_unlock(&p->mu);
   if (left == 0) {
+    pthread_mutex_lock(&pools_mu);
+    if (p->prevpool != NULL) p->prevpool->nextpool = p->nextpool;
+    else pools = p->nextpool;
+    if (p->nextpool != NULL) p->nextpool->prevpool = p->prevpool;
+    pthread_mutex_unlock(&pools_mu);
     while (p->nstash > 0) state_close(p->stash[--p->nstash]);
     while (p->ntoclose > 0) state_close(p->toclose[--p->ntoclose]);
     pthread_cond_destroy(&p->work);
@@ -870,7 +933,7 @@ int pool_submit (Pool *p, Job *j) {
   }
   j->refs++;
   j->id = ++p->nextid;
-  j->epoch = p->epoch;
+  j->epoch = epoch;
   atomic_store_explicit(&j->status, JOB_QUEUED, memory_order_relaxed);
   enqueue(p, j);
   if (p->sleeping > 0)
@@ -892,6 +955,11 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
     if (atomic_load_explicit(&j->status, memory_order_relaxed) == JOB_QUEUED) {
       start(p, j);
       mine = 1;
+      if (w->job != NULL && !isfinal(atomic_load(&w->job->status))) {
+        w->job->inner = j;	/* so that cancelling the waiting job reaches it */
+        j->outer = w->job;
+        if (atomic_load(&w->job->cancel)) cancel(p, j);
+      }
     }
     pthread_mutex_unlock(&p->mu);
     if (mine) {		/* drops the queue's reference; the caller's remains */
@@ -1003,6 +1071,7 @@ int pool_runhere (Pool *p, Job *j, lua_State *caller, lua_State *mainthread) {
   w.pool = p;
   w.stacklow = caller_stacklow();
   atomic_init(&w.shown, NULL);
+  w.job = NULL;
   if (w.stacklow == NULL || stack_left(&w) < ISOLATE_INLINE_STACK) return 0;
   if (watchdog == 0) {
     pthread_mutex_lock(&watch_mu);
@@ -1019,7 +1088,7 @@ int pool_runhere (Pool *p, Job *j, lua_State *caller, lua_State *mainthread) {
     L = p->stash[--p->nstash];
     j->refs++;			/* as the queue's, dropped by execute */
     j->id = ++p->nextid;
-    j->epoch = p->epoch;
+    j->epoch = epoch;
     atomic_store_explicit(&j->status, JOB_QUEUED, memory_order_relaxed);
     enqueue(p, j);
     start(p, j);
