@@ -799,6 +799,7 @@ static int l_into (lua_State *L) {
 
 typedef struct PoolHandle {
   Pool *pool;			/* NULL once closed */
+  int closers;			/* close calls waiting for it */
 } PoolHandle;
 
 static Pool *checkpool (lua_State *L, int arg) {
@@ -855,6 +856,7 @@ static int l_pool (lua_State *L) {
   lifecycle(L);
   h = (PoolHandle *)lua_newuserdatauv(L, sizeof(PoolHandle), 0);
   h->pool = NULL;
+  h->closers = 0;
   luaL_setmetatable(L, ISOLATE_POOL);
   if ((h->pool = pool_new(size, name, limit, init)) == NULL)
     return luaL_error(L, "isolate: cannot start the pool's threads");
@@ -917,10 +919,18 @@ static int pool_statsf (lua_State *L) {
 */
 static int pool_closef (lua_State *L) {
   PoolHandle *h = (PoolHandle *)luaL_checkudata(L, 1, ISOLATE_POOL);
-  if (h->pool != NULL) {
-    Pool *p = h->pool;
+  Pool *p = h->pool;
+  Watch w = WATCH_INIT;
+  if (p == NULL) return 0;
+  h->closers++;			/* a hook may close it too while this waits */
+  while (!pool_close(p, ISOLATE_WAIT_MS)) {
+    if (watch(L, &w, 1)) {	/* Ctrl-C: the pool stays closing */
+      h->closers--;
+      return lua_error(L);
+    }
+  }
+  if (--h->closers == 0 && h->pool == p) {
     h->pool = NULL;
-    pool_close(p, -1);
     pool_release(p);
   }
   return 0;
@@ -929,7 +939,7 @@ static int pool_closef (lua_State *L) {
 
 static int pool_gc (lua_State *L) {
   PoolHandle *h = (PoolHandle *)luaL_checkudata(L, 1, ISOLATE_POOL);
-  if (h->pool != NULL) {
+  if (h->pool != NULL && h->closers == 0) {	/* (else a closer lets go) */
     Pool *p = h->pool;
     h->pool = NULL;
     if (closing(L, 1)) {

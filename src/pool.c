@@ -63,6 +63,8 @@ struct Job {
   Buffer out;			/* results, or the failure record */
 };
 
+typedef struct Worker Worker;
+
 struct Pool {
   pthread_mutex_t mu;
   pthread_cond_t work;		/* signalled when a job is queued */
@@ -86,6 +88,8 @@ struct Pool {
   int ntoclose;
   int queued, busy;
   unsigned long done, failed, cancelled;
+  atomic_int stopinit;		/* inits under way stop (pool_cancelall) */
+  Worker **workers;		/* its threads while they run, 'size' slots */
 };
 
 static Pool default_pool = {.mu = PTHREAD_MUTEX_INITIALIZER,
@@ -108,12 +112,14 @@ static pthread_mutex_t pools_mu = PTHREAD_MUTEX_INITIALIZER;
 ** _Thread_local: the dynamic TLS of a dlopen'ed library is beyond what
 ** some tools walk (LeakSanitizer's tracer crashes on it).
 */
-typedef struct Worker {
+struct Worker {
   Pool *pool;
   const char *stacklow;		/* lowest address of its stack (NULL: unknown) */
   lua_State *_Atomic shown;	/* the state whose job runs now (state_run) */
   Job *job;			/* the job it runs now (the innermost) */
-} Worker;
+  pthread_t thread;
+  int slot;			/* in its pool's 'workers' (-1: none) */
+};
 
 static pthread_key_t worker_key;
 static pthread_once_t key_once = PTHREAD_ONCE_INIT;
@@ -385,11 +391,22 @@ int job_cancel (Pool *p, Job *j) {
 }
 
 
+/* mutex held: inits under way stop (their states will run no job) */
+static void stopinits (Pool *p) {
+  int i;
+  if (atomic_exchange(&p->stopinit, 1)) return;
+  for (i = 0; i < p->size && p->workers != NULL; i++)
+    if (p->workers[i] != NULL && cancel_signal != 0)
+      pthread_kill(p->workers[i]->thread, cancel_signal);
+}
+
+
 void pool_cancelall (Pool *p) {
   Job *j;
   pthread_mutex_lock(&p->mu);
   while (p->head != NULL) cancel(p, p->head);
   for (j = p->running; j != NULL; j = j->next) cancel(p, j);
+  stopinits(p);
   pthread_mutex_unlock(&p->mu);
 }
 
@@ -475,7 +492,18 @@ static int start_thread (Pool *p, void *(*fn) (void *), void *arg, int n) {
 
 /* a thread of 'p' begins: who it is, and the cancel signal open */
 static void begin (Worker *w, Pool *p) {
+  int i;
   w->pool = p;
+  w->thread = pthread_self();
+  w->slot = -1;
+  pthread_mutex_lock(&p->mu);
+  for (i = 0; i < p->size && p->workers != NULL; i++)
+    if (p->workers[i] == NULL) {
+      p->workers[i] = w;
+      w->slot = i;
+      break;
+    }
+  pthread_mutex_unlock(&p->mu);
   w->stacklow = stack_low();
   atomic_init(&w->shown, NULL);
   w->job = NULL;
@@ -490,9 +518,10 @@ static void begin (Worker *w, Pool *p) {
 
 
 /* a thread of 'p' ends */
-static void end (Pool *p) {
+static void end (Pool *p, Worker *w) {
   pthread_setspecific(worker_key, NULL);
   pthread_mutex_lock(&p->mu);
+  if (w->slot >= 0) p->workers[w->slot] = NULL;
   p->threads--;
   pthread_cond_broadcast(&p->gone);
   pthread_mutex_unlock(&p->mu);
@@ -545,10 +574,17 @@ static void execute (Pool *p, Job *j, lua_State *L, Worker *w, int handoff) {
 }
 
 
-/* a fresh state for the next job of 'p', its init done */
-static lua_State *prepare (Pool *p) {
+/* a fresh state for the next job of 'p', its init done (on the thread of 'w') */
+static lua_State *prepare (Pool *p, Worker *w) {
   lua_State *L = state_new(p->limit);
-  if (p->init.total > 0) state_init(L, &p->init, p->name);
+  if (p->init.total > 0) {
+    StateRun run;
+    run.name = p->name;
+    run.depth = 1;
+    run.cancel = &p->stopinit;
+    run.shown = &w->shown;
+    state_init(L, &p->init, &run);
+  }
   return L;
 }
 
@@ -563,7 +599,7 @@ static void *worker (void *arg) {
   Pool *p = (Pool *)arg;
   lua_State *spare;
   begin(&w, p);
-  spare = prepare(p);
+  spare = prepare(p, &w);
   for (;;) {
     Job *j;
     pthread_mutex_lock(&p->mu);
@@ -582,7 +618,7 @@ static void *worker (void *arg) {
     if (p->head == NULL && !p->closing) {	/* idle: fill the stash */
       lua_State *L;
       pthread_mutex_unlock(&p->mu);
-      L = prepare(p);
+      L = prepare(p, &w);
       pthread_mutex_lock(&p->mu);
       if (L != NULL && p->nstash < ISOLATE_STASH && !p->closing) {
         p->stash[p->nstash++] = L;
@@ -603,11 +639,11 @@ static void *worker (void *arg) {
     }
     start(p, j);
     pthread_mutex_unlock(&p->mu);
-    execute(p, j, spare != NULL ? spare : prepare(p), &w, 0);
-    spare = prepare(p);
+    execute(p, j, spare != NULL ? spare : prepare(p, &w), &w, 0);
+    spare = prepare(p, &w);
   }
   state_close(spare);
-  end(p);
+  end(p, &w);
   return NULL;
 }
 
@@ -627,8 +663,8 @@ static void *lent_thread (void *arg) {
   lent.job->thread = pthread_self();
   lent.job->onthread = 1;
   pthread_mutex_unlock(&lent.pool->mu);
-  execute(lent.pool, lent.job, prepare(lent.pool), &w, 0);
-  end(lent.pool);
+  execute(lent.pool, lent.job, prepare(lent.pool, &w), &w, 0);
+  end(lent.pool, &w);
   return NULL;
 }
 
@@ -790,6 +826,11 @@ Pool *pool_default (void) {
     pthread_mutex_lock(&start_mu);
     if (!atomic_load_explicit(&started, memory_order_relaxed)) {
       int i, n = pool_cpus();
+      pthread_mutex_lock(&p->mu);
+      free(p->workers);		/* a forked child's copy of the parent's */
+      p->workers = (Worker **)calloc((size_t)n, sizeof(Worker *));
+      p->size = n;
+      pthread_mutex_unlock(&p->mu);
       for (i = 0; i < n && start_thread(p, worker, p, i); i++) ;
       pthread_mutex_lock(&p->mu);
       p->size = i;
@@ -821,6 +862,15 @@ Pool *pool_new (int size, const char *name, size_t limit, Buffer *init) {
   p->refs = 1;
   p->pid = getpid();
   p->limit = limit;
+  p->size = size;
+  if ((p->workers = (Worker **)calloc((size_t)size, sizeof(Worker *))) == NULL) {
+    pthread_cond_destroy(&p->gone);
+    pthread_cond_destroy(&p->work);
+    pthread_mutex_destroy(&p->mu);
+    free(p->name);
+    free(p);
+    return NULL;
+  }
   if (init != NULL) buffer_move(&p->init, init);
   pthread_mutex_lock(&pools_mu);
   p->nextpool = pools;
@@ -858,6 +908,7 @@ void pool_release (Pool *p) {
     pthread_mutex_unlock(&pools_mu);
     while (p->nstash > 0) state_close(p->stash[--p->nstash]);
     while (p->ntoclose > 0) state_close(p->toclose[--p->ntoclose]);
+    free(p->workers);
     pthread_cond_destroy(&p->work);
     pthread_cond_destroy(&p->gone);
     pthread_mutex_destroy(&p->mu);
@@ -887,6 +938,7 @@ int pool_close (Pool *p, long ms) {
   pthread_mutex_lock(&p->mu);
   p->closing = 1;
   pthread_cond_broadcast(&p->work);
+  if (p->head == NULL) stopinits(p);	/* they prepare states for nothing */
   while (p->threads > 0 && ms != 0) {
     if (ms < 0) pthread_cond_wait(&p->gone, &p->mu);
     else if (pthread_cond_timedwait(&p->gone, &p->mu, &deadline) == ETIMEDOUT) break;
@@ -964,7 +1016,7 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
     pthread_mutex_unlock(&p->mu);
     if (mine) {		/* drops the queue's reference; the caller's remains */
       if (stack_left(w) >= ISOLATE_INLINE_STACK) {
-        execute(p, j, prepare(p), w, 0);
+        execute(p, j, prepare(p, w), w, 0);
         return 1;
       }
       lend(p, j);

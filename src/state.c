@@ -187,6 +187,7 @@ typedef struct Isolate {
   lua_Integer index;		/* map: the list index of the item being run */
   size_t limit, used;		/* bytes of heap allowed (0: no limit) and used */
   int initfailed;		/* the pool's init failed: 'initrec' tells how */
+  int initing;			/* the pool's init runs */
   Buffer initrec;
   Exit exit;			/* the first exit asked for */
   int final;			/* the outcome is decided: exits change nothing */
@@ -858,8 +859,11 @@ static int initbody (lua_State *L) {
   Isolate *iso = (Isolate *)lua_touserdata(L, 1);
   lua_Integer index;
   Reader r;
+  int n;
   reader_init(&r, iso->in);
-  lua_call(L, message_getinput(L, &r, &index) - 1, 0);
+  n = message_getinput(L, &r, &index);
+  state_checkcancel(L);		/* stopped before the hook could be set */
+  lua_call(L, n - 1, 0);
   return 0;
 }
 
@@ -879,9 +883,11 @@ static int record (lua_State *L) {
 }
 
 /* the message of an exit of kind 'how' */
-static const char *exitmessage (Exit how) {
-  return how == EXIT_CANCEL ? ISOLATE_CANCELLED
-       : how == EXIT_RESULTS ? "isolate.exit ended a chunk of a map"
+static const char *exitmessage (Isolate *iso) {
+  return iso->exit == EXIT_CANCEL ? (iso->initing ? "isolate: the pool's init was stopped"
+                                                  : ISOLATE_CANCELLED)
+       : iso->exit == EXIT_RESULTS ? (iso->initing ? "isolate.exit ended the pool's init"
+                                                   : "isolate.exit ended a chunk of a map")
        : "Computation ended without result";
 }
 
@@ -890,7 +896,7 @@ static void failure (lua_State *L, Isolate *iso, int status) {
   const char *kind = iso->exit == EXIT_CANCEL ? "cancelled"
                    : iso->exit != EXIT_NONE ? "exit"
                    : status == LUA_ERRMEM ? "memory" : "error";
-  const char *message = iso->exit != EXIT_NONE ? exitmessage(iso->exit) : NULL;
+  const char *message = iso->exit != EXIT_NONE ? exitmessage(iso) : NULL;
   int value = lua_gettop(L);
   lua_pushcfunction(L, record);
   lua_pushlightuserdata(L, iso);
@@ -912,19 +918,28 @@ static void failure (lua_State *L, Isolate *iso, int status) {
 ** the state, for the job that it will run: that job fails with it.  An
 ** exit there is a failure too.
 */
-void state_init (lua_State *L, Buffer *init, const char *name) {
+void state_init (lua_State *L, Buffer *init, const StateRun *run) {
   Isolate *iso;
   int status;
   if (L == NULL) return;
   iso = current(L);
   iso->in = init;		/* read only: every worker reads it */
   iso->out = &iso->initrec;
-  iso->name = name;
-  iso->depth = 1;
+  iso->name = run->name;
+  iso->depth = run->depth;
+  iso->cancel = run->cancel;
+  iso->initing = 1;
+  atomic_store_explicit(run->shown, L, memory_order_relaxed);	/* for cancel */
+  atomic_signal_fence(memory_order_seq_cst);
+  pollcancel(L);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &msgh_key);
   lua_pushcfunction(L, initbody);
   lua_pushlightuserdata(L, iso);
   status = lua_pcall(L, 1, 0, 1);
+  atomic_store_explicit(run->shown, NULL, memory_order_relaxed);
+  atomic_signal_fence(memory_order_seq_cst);
+  lua_sethook(L, NULL, 0, 0);
+  iso->cancel = NULL;
   if (status != LUA_OK || iso->exit != EXIT_NONE) {
     iso->final = 1;
     iso->initfailed = 1;
@@ -933,6 +948,7 @@ void state_init (lua_State *L, Buffer *init, const char *name) {
   }
   lua_settop(L, 0);
   iso->in = iso->out = NULL;
+  iso->initing = 0;
 }
 
 

@@ -18,13 +18,6 @@ lua_State *state_new (size_t limit);
 /* close a state from state_new (NULL: nothing to do) */
 void state_close (lua_State *L);
 
-/*
-** Run a pool's init ('init' is a job input without arguments, message.h,
-** only read) in 'L', a state from state_new (NULL: nothing happens),
-** before it gets a job; if it fails, the job that 'L' runs fails so.
-*/
-void state_init (lua_State *L, Buffer *init, const char *name);
-
 /* what state_run needs to know of the job besides its input and output */
 typedef struct StateRun {
   const char *name;		/* the pool's name (NULL: none), for isolate.name() */
@@ -32,6 +25,14 @@ typedef struct StateRun {
   const atomic_int *cancel;	/* becomes true when the job is cancelled */
   lua_State *_Atomic *shown;	/* where the state is shown while its job runs */
 } StateRun;
+
+/*
+** Run a pool's init ('init' is a job input without arguments, message.h,
+** only read) in 'L', a state from state_new (NULL: nothing happens),
+** before it gets a job; if it fails, the job that 'L' runs fails so.  A
+** cancel stops it as it stops a job.
+*/
+void state_init (lua_State *L, Buffer *init, const StateRun *run);
 
 /*
 ** Run the job whose input is 'in' (message.h) in 'L', a state from
