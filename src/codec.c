@@ -167,6 +167,7 @@ typedef struct Encoder {
   lua_Integer nextid;
   int nest;			/* tables and functions open */
   int depth;			/* steps in 'path' */
+  lua_Integer *failed;		/* where to note the value that cannot go */
   Step path[ISOLATE_MAXDEPTH + 2];	/* an argument, then a step a level */
 } Encoder;
 
@@ -209,6 +210,7 @@ static void render_step (lua_State *L, const Step *s) {
 
 static int fail (Encoder *e, const char *what) {
   lua_State *L = e->L;
+  if (e->failed != NULL && e->depth > 0) *e->failed = e->path[0].n;
   int i = (e->role == ROLE_CALL && e->depth > 1 && e->path[0].n == 1);
   int n = 1;
   isolate_checkstack(L, 4 * PATH_ENDS + 16);
@@ -596,12 +598,12 @@ static void put_names (Encoder *e, unsigned char *offset, size_t start) {
 ** owner frees or resets it.  The stack is as it was on return.
 */
 void codec_encode (lua_State *L, Buffer *b, int first, int n, Role role) {
-  codec_encodelist(L, b, first, n, role, 0);
+  codec_encodelist(L, b, first, n, role, 0, NULL);
 }
 
 
 void codec_encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
-                       lua_Integer base) {
+                       lua_Integer base, lua_Integer *failed) {
   static const int stepkind[] = {S_ARG, S_RESULT, S_VALUE, S_ITEM, S_ITEMRESULT};
   Encoder e;
   int top = lua_gettop(L), i;
@@ -610,6 +612,7 @@ void codec_encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
   e.L = L;
   e.b = b;
   e.role = role;
+  e.failed = failed;
   e.nextid = 0;
   e.nused = 0;
   e.nest = 0;

@@ -30,9 +30,12 @@ typedef enum Role {
 #define CODEC_TRUSTED	1
 
 void codec_encode (lua_State *L, Buffer *b, int first, int n, Role role);
-/* the same, the values numbered from 'base' + 1 in error messages */
+/*
+** The same, the values numbered from 'base' + 1 in error messages; when
+** one cannot travel, its number goes to '*failed' (if not NULL) first.
+*/
 void codec_encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
-                       lua_Integer base);
+                       lua_Integer base, lua_Integer *failed);
 int codec_decode (lua_State *L, Reader *r, int flags);
 
 /* a message of 'n' strings (NULL: nil), written without Lua; 0: no memory */

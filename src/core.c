@@ -3,6 +3,7 @@
 */
 #define _GNU_SOURCE		/* dladdr */
 #include <dlfcn.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
@@ -43,6 +44,7 @@ typedef struct Task {
   unsigned long id;
   JobStatus status;		/* final once taken */
   unsigned long endseq;		/* the job's, once taken */
+  int quiet;			/* a chunk of a map: its failure is map's to tell */
 } Task;
 
 typedef struct Output {
@@ -131,6 +133,7 @@ typedef struct Orphan {
   Job *job;
   Pool *pool;
   unsigned long id;
+  int quiet;
 } Orphan;
 
 typedef struct Orphans {
@@ -180,7 +183,7 @@ static int bury (lua_State *L, Orphan *o) {
   Buffer record = BUFFER_INIT;
   JobStatus s = job_status(o->pool, o->job);
   if (s != JOB_DONE && s != JOB_FAILED && s != JOB_CANCELLED) return 0;
-  if (s == JOB_FAILED) {
+  if (s == JOB_FAILED && !o->quiet) {
     job_take_output(o->job, &record);
     warnlost(L, o->id, &record);
     buffer_free(&record);
@@ -241,6 +244,7 @@ static void adopt (lua_State *L, Task *t) {
   os->list[os->n].pool = t->pool;
   pool_retain(t->pool);
   os->list[os->n].id = t->id;
+  os->list[os->n].quiet = t->quiet;
   os->n++;
   t->job = NULL;		/* the Orphans hold its references now */
   lua_pop(L, 1);
@@ -277,7 +281,7 @@ static int task_gc (lua_State *L) {
   Task *t = checktask(L, 1);
   if (t->job != NULL) {
     JobStatus s = job_status(t->pool, t->job);
-    if (s == JOB_FAILED) {
+    if (s == JOB_FAILED && !t->quiet) {
       Buffer record = BUFFER_INIT;
       job_take_output(t->job, &record);
       warnlost(L, t->id, &record);
@@ -308,13 +312,13 @@ static Pool *defaultpool (lua_State *L) {
 
 /*
 ** A new task of pool 'p', queued, with its input written by 'put' from the
-** values of the stack; it is pushed.  The Task userdata owns the job from
+** values of the stack above 'base', which it replaces.  The Task userdata owns the job from
 ** its birth, so an error while encoding (a value that cannot travel) frees
 ** it through __gc.
 */
 typedef void (*PutInput) (lua_State *L, Buffer *b, void *ud);
 
-static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here) {
+static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here, int base) {
   int depth = state_depth(L) + 1;
   const char *why;
   Task *t;
@@ -332,9 +336,9 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here) {
   }
   t->pool = p;
   pool_retain(p);
-  lua_insert(L, 1);		/* below the values 'put' reads */
+  lua_insert(L, base + 1);	/* below the values 'put' reads */
   put(L, job_input(t->job), ud);
-  lua_settop(L, 1);
+  lua_settop(L, base + 1);
   if (here) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     here = pool_runhere(p, t->job, L, lua_tothread(L, -1));
@@ -343,7 +347,7 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here) {
   if (!here && !pool_submit(p, t->job)) luaL_error(L, "%s", pool_unusable(p));
   t->id = job_id(t->job);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &live_key);
-  lua_pushvalue(L, 1);
+  lua_pushvalue(L, base + 1);
   lua_rawsetp(L, -2, t);
   lua_pop(L, 1);
   return t;
@@ -352,7 +356,7 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here) {
 
 /* the input of a call: the function at 'first' (*ud) and all above it */
 static void putcall (lua_State *L, Buffer *b, void *ud) {
-  int first = *(int *)ud + 1;	/* one more: the task is below */
+  int first = *(int *)ud + 1;	/* one more: the task is below (base 0) */
   message_putinput(L, b, first, lua_gettop(L) - first + 1);
 }
 
@@ -471,8 +475,9 @@ static Output *output (lua_State *L, int ti, double timeout, int raise, int canc
   lua_pushvalue(L, -1);
   lua_setiuservalue(L, ti, OUTPUT);
   t->status = job_status(t->pool, t->job);
-  t->endseq = job_endseq(t->pool, t->job);
+  t->endseq = job_endseq(t->job);
   o->failed = (t->status == JOB_FAILED);
+  o->seen = t->quiet;
   o->id = t->id;
   job_take_output(t->job, &o->b);
   letgo(t);
@@ -662,61 +667,136 @@ static int task_tostring (lua_State *L) {
 */
 
 /*
-** first(tasks, pending [, deadline, timeout]): wait until one of the
-** tasks tasks[pending[k]] has ended; return k.  'deadline' is on the
-** clock of now(); past it, a TimeoutError for 'timeout' seconds.  A worker waiting for
-** tasks of its own pool that are still queued runs one itself (nested
-** waits never deadlock).
+** completed(tasks [, timeout]): an iterator over the tasks in the order
+** they end, each as its index and itself.  It works on a copy of the list
+** (taken at the call), with the tasks' addresses in an array: looking for
+** the next to end reads one word per task, and only after some job, of
+** any pool, has ended.  A worker waiting for tasks of its own pool that
+** are still queued runs one itself (nested waits never deadlock).
+** 'timeout' is for the whole loop: past it, a TimeoutError.
 */
-static int l_first (lua_State *L) {
+typedef struct Completion {
+  Task **tasks;			/* from the state's allocator; NULL: none */
+  int *index;			/* their indices in the list */
+  int size, left;		/* tasks; those not yet yielded, first in the arrays */
+  double deadline, timeout;	/* deadline < 0: none */
+} Completion;
+
+#define ISOLATE_COMPLETION	"isolate.Completion"
+
+static int completion_gc (lua_State *L) {
+  Completion *c = (Completion *)luaL_checkudata(L, 1, ISOLATE_COMPLETION);
+  void *ud;
+  lua_Alloc alloc = lua_getallocf(L, &ud);
+  if (c->tasks != NULL) alloc(ud, c->tasks, sizeof(Task *) * (size_t)c->size, 0);
+  if (c->index != NULL) alloc(ud, c->index, sizeof(int) * (size_t)c->size, 0);
+  c->tasks = NULL;
+  c->index = NULL;
+  c->size = c->left = 0;
+  return 0;
+}
+
+
+/* the task that ended first among those left, or -1 */
+static int firstended (Completion *c, Task **queued) {
+  unsigned long first = 0;
+  int k, which = -1;
+  *queued = NULL;
+  for (k = 0; k < c->left; k++) {
+    Task *t = c->tasks[k];
+    unsigned long seq;
+    if (t->job == NULL) seq = t->endseq;
+    else if ((seq = job_endseq(t->job)) == 0 && !isended(job_status(t->pool, t->job))) {
+      if (*queued == NULL && job_status(t->pool, t->job) == JOB_QUEUED) *queued = t;
+      continue;
+    }
+    if (which < 0 || seq < first) {
+      which = k;
+      first = seq;
+    }
+  }
+  return which;
+}
+
+
+static int completion_next (lua_State *L) {
+  Completion *c = (Completion *)lua_touserdata(L, lua_upvalueindex(1));
   Watch w = WATCH_INIT;
-  lua_Integer k, n;
-  double deadline;
-  luaL_checktype(L, 1, LUA_TTABLE);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  deadline = lua_isnoneornil(L, 3) ? -1 : luaL_checknumber(L, 3);
-  n = luaL_len(L, 2);
   for (;;) {
-    unsigned long seen = pool_ends(), first = 0;
-    lua_Integer which = 0;
-    Task *queued = NULL;
+    unsigned long seen = pool_ends();
     long ms = ISOLATE_WAIT_MS;
+    Task *queued;
+    int k;
     watch(L, &w, 0);
-    for (k = 1; k <= n; k++) {	/* the one that ended first */
-      Task *t;
-      unsigned long seq;
-      lua_rawgeti(L, 2, k);
-      lua_gettable(L, 1);
-      t = (Task *)luaL_checkudata(L, -1, ISOLATE_TASK);
-      lua_pop(L, 1);
-      if (t->job == NULL) seq = t->endseq;
-      else if (isended(job_status(t->pool, t->job))) seq = job_endseq(t->pool, t->job);
-      else {
-        if (queued == NULL && job_status(t->pool, t->job) == JOB_QUEUED) queued = t;
-        continue;
-      }
-      if (which == 0 || seq < first) {
-        which = k;
-        first = seq;
-      }
+    if (c->left == 0) return 0;
+    if ((k = firstended(c, &queued)) >= 0) {
+      int i = c->index[k];
+      c->left--;		/* swap it out */
+      c->tasks[k] = c->tasks[c->left];
+      c->index[k] = c->index[c->left];
+      lua_pushinteger(L, i);
+      lua_getiuservalue(L, lua_upvalueindex(1), 1);
+      lua_rawgeti(L, -1, i);
+      lua_remove(L, -2);
+      return 2;
     }
-    if (which != 0) {
-      lua_pushinteger(L, which);
-      return 1;
-    }
-    if (deadline >= 0) {
-      double left = deadline - now();
+    if (c->deadline >= 0) {
+      double left = c->deadline - now();
       if (left <= 0) {
         lua_pushfstring(L, "isolate: no task ended within %f seconds",
-                        (LUAI_UACNUMBER)luaL_optnumber(L, 4, 0));
-        return timedout(L, luaL_optnumber(L, 4, 0));
+                        (LUAI_UACNUMBER)c->timeout);
+        return timedout(L, c->timeout);
       }
       if (left < (double)ms / 1000) ms = (long)(left * 1000) + 1;
     }
-    if (queued != NULL && !state_ismain(L) && pool_wait(queued->pool, queued->job, 0, 1))
+    if (queued != NULL && !state_ismain(L) && c->deadline < 0 &&
+        pool_wait(queued->pool, queued->job, 0, 1))
       continue;			/* ran it here */
     pool_waitends(seen, ms);
   }
+}
+
+
+static int l_completed (lua_State *L) {
+  Completion *c;
+  double timeout;
+  lua_Integer n, i;
+  void *ud;
+  lua_Alloc alloc = lua_getallocf(L, &ud);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  timeout = opttimeout(L, 2);
+  n = luaL_len(L, 1);
+  luaL_argcheck(L, n >= 0 && n <= INT_MAX / (lua_Integer)sizeof(Task *), 1, "too many tasks");
+  c = (Completion *)lua_newuserdatauv(L, sizeof(Completion), 1);
+  memset(c, 0, sizeof(Completion));
+  luaL_setmetatable(L, ISOLATE_COMPLETION);
+  lua_createtable(L, (int)n, 0);	/* the copy of the list */
+  lua_setiuservalue(L, -2, 1);
+  if (n > 0) {			/* __gc frees what 'size' says */
+    if ((c->tasks = (Task **)alloc(ud, NULL, 0, sizeof(Task *) * (size_t)n)) != NULL) {
+      c->size = (int)n;
+      c->index = (int *)alloc(ud, NULL, 0, sizeof(int) * (size_t)n);
+    }
+    if (c->index == NULL) {
+      lua_pushliteral(L, "not enough memory");
+      return lua_error(L);
+    }
+  }
+  lua_getiuservalue(L, -1, 1);
+  for (i = 1; i <= n; i++) {
+    Task *t;
+    lua_geti(L, 1, i);
+    if ((t = (Task *)luaL_testudata(L, -1, ISOLATE_TASK)) == NULL)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "tasks[%I] is not a task", (LUAI_UACINT)i));
+    lua_rawseti(L, -2, i);
+    c->tasks[c->left] = t;
+    c->index[c->left++] = (int)i;
+  }
+  lua_pop(L, 1);
+  c->timeout = timeout;
+  c->deadline = timeout >= 0 ? now() + timeout : -1;
+  lua_pushcclosure(L, completion_next, 1);
+  return 1;
 }
 
 
@@ -727,6 +807,7 @@ static int l_first (lua_State *L) {
 */
 typedef struct MapChunk {
   const Buffer *fn;
+  int list;			/* its stack index */
   lua_Integer i, j;
 } MapChunk;
 
@@ -735,7 +816,7 @@ static void putchunk (lua_State *L, Buffer *b, void *ud) {
   int top = lua_gettop(L), n = (int)(c->j - c->i + 1);
   lua_Integer k;
   isolate_checkstack(L, n + 8);
-  for (k = c->i; k <= c->j; k++) lua_geti(L, 4, k);	/* the list (under the task) */
+  for (k = c->i; k <= c->j; k++) lua_geti(L, c->list, k);
   message_putchunk(L, b, c->fn, top + 1, n, c->i);
   lua_settop(L, top);
 }
@@ -750,9 +831,14 @@ static int l_chunk (lua_State *L) {
   c.i = luaL_checkinteger(L, 4);
   c.j = luaL_checkinteger(L, 5);
   luaL_argcheck(L, c.i >= 1 && c.j >= c.i && c.j - c.i < ISOLATE_MAXCHUNK, 5, "bad chunk");
-  lua_settop(L, 3);
-  submit(L, p, putchunk, &c, 0);
-  return 1;
+  luaL_checktype(L, 6, LUA_TTABLE);
+  lua_settop(L, 6);
+  lua_insert(L, 1);		/* tasks, pool, fn, list */
+  lua_settop(L, 4);
+  c.list = 5;			/* above the task that submit inserts at 2 */
+  submit(L, p, putchunk, &c, 0, 1)->quiet = 1;
+  lua_rawseti(L, 1, luaL_len(L, 1) + 1);	/* no Lua code runs in between */
+  return 0;
 }
 
 
@@ -829,8 +915,9 @@ static int l_pool (lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   if (option(L, "size", LUA_TNUMBER, "an integer >= 1")) {
-    lua_Integer n;
-    if (!lua_isinteger(L, -1) || (n = lua_tointeger(L, -1)) < 1 || n > ISOLATE_MAXPOOL)
+    int isint;
+    lua_Integer n = lua_tointegerx(L, -1, &isint);
+    if (!isint || n < 1 || n > ISOLATE_MAXPOOL)
       return luaL_error(L, "bad argument #1 to 'pool' (size must be an integer from 1 to %d)",
                         ISOLATE_MAXPOOL);
     size = (int)n;
@@ -872,7 +959,7 @@ static int pool_run (lua_State *L) {
   static int first = 2;
   Pool *p = checkpool(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  submit(L, p, putcall, &first, 1);
+  submit(L, p, putcall, &first, 1, 0);
   return collect(L, 1, 0, -1, 1);
 }
 
@@ -881,7 +968,7 @@ static int pool_spawn (lua_State *L) {
   static int first = 2;
   Pool *p = checkpool(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  submit(L, p, putcall, &first, 0);
+  submit(L, p, putcall, &first, 0, 0);
   return 1;
 }
 
@@ -966,6 +1053,16 @@ static int pool_tostring (lua_State *L) {
 }
 
 
+/* unusable(pool): why the pool cannot take tasks, or nil */
+static int l_unusable (lua_State *L) {
+  PoolHandle *h = (PoolHandle *)luaL_checkudata(L, 1, ISOLATE_POOL);
+  const char *why = h->pool == NULL ? "isolate: the pool is closed" : pool_unusable(h->pool);
+  if (why == NULL) return 0;
+  lua_pushstring(L, why);
+  return 1;
+}
+
+
 static int l_stats (lua_State *L) {
   pushstats(L, defaultpool(L));
   return 1;
@@ -977,7 +1074,7 @@ static int l_stats (lua_State *L) {
 static int l_run (lua_State *L) {
   static int first = 1;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  submit(L, defaultpool(L), putcall, &first, 1);
+  submit(L, defaultpool(L), putcall, &first, 1, 0);
   return collect(L, 1, 0, -1, 1);
 }
 
@@ -985,7 +1082,7 @@ static int l_run (lua_State *L) {
 static int l_spawn (lua_State *L) {
   static int first = 1;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  submit(L, defaultpool(L), putcall, &first, 0);
+  submit(L, defaultpool(L), putcall, &first, 0, 0);
   return 1;
 }
 
@@ -1141,13 +1238,14 @@ static const luaL_Reg funcs[] = {
   {"spawn", l_spawn},
   {"pool", l_pool},
   {"stats", l_stats},
+  {"unusable", l_unusable},
   {"exit", l_exit},
   {"ismain", l_ismain},
   {"name", l_name},
   {"cpus", l_cpus},
   {"encode", l_encode},
   {"decode", l_decode},
-  {"first", l_first},
+  {"completed", l_completed},
   {"chunk", l_chunk},
   {"encodefn", l_encodefn},
   {"into", l_into},
@@ -1191,6 +1289,12 @@ int luaopen_isolate_core (lua_State *L) {
   luaL_setfuncs(L, pool_meta, 0);
   luaL_newlib(L, pool_methods);
   lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, ISOLATE_COMPLETION);
+  lua_pushcfunction(L, completion_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
   lua_pop(L, 1);
   luaL_newmetatable(L, ISOLATE_OUTPUT);
   lua_pushcfunction(L, output_gc);

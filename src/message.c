@@ -65,7 +65,7 @@ void message_putchunk (lua_State *L, Buffer *b, const Buffer *fn,
   putpath(L, b, "cpath");
   putindex(L, b, index);
   if (!buffer_copy(b, fn)) nomemory(L);
-  codec_encodelist(L, b, first, n, ROLE_ITEM, index - 1);
+  codec_encodelist(L, b, first, n, ROLE_ITEM, index - 1, NULL);
 }
 
 

@@ -55,7 +55,7 @@ struct Job {
   int onthread;			/* 'thread' runs it (under the mutex) */
   pthread_t thread;
   unsigned long id;
-  unsigned long endseq;		/* when it ended, among all jobs (0: not yet) */
+  atomic_ulong endseq;		/* when it ended, among all jobs (0: not yet) */
   unsigned long epoch;		/* the process' epoch when it was submitted */
   int depth;			/* nesting of its isolate */
   pthread_cond_t ended;		/* broadcast when status becomes final */
@@ -212,6 +212,7 @@ Job *job_new (int depth) {
   j->depth = depth;
   atomic_init(&j->status, JOB_NEW);
   atomic_init(&j->cancel, 0);
+  atomic_init(&j->endseq, 0);
   return j;
 }
 
@@ -226,12 +227,8 @@ unsigned long job_id (Job *j) {
 }
 
 
-unsigned long job_endseq (Pool *p, Job *j) {
-  unsigned long seq;
-  pthread_mutex_lock(&p->mu);
-  seq = j->endseq;
-  pthread_mutex_unlock(&p->mu);
-  return seq;
+unsigned long job_endseq (Job *j) {
+  return atomic_load_explicit(&j->endseq, memory_order_acquire);
 }
 
 
@@ -256,7 +253,7 @@ static void publish (Pool *p, Job *j, JobStatus status) {
   else p->cancelled++;
   if (j->epoch == epoch)	/* see lose() */
     pthread_cond_broadcast(&j->ended);
-  j->endseq = atomic_fetch_add(&ends, 1) + 1;
+  atomic_store_explicit(&j->endseq, atomic_fetch_add(&ends, 1) + 1, memory_order_release);
   if (atomic_load(&ends_waiters) > 0) {
     pthread_mutex_lock(&ends_mu);
     pthread_cond_broadcast(&ends_cv);

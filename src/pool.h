@@ -61,8 +61,8 @@ const char *pool_unusable (Pool *p);
 Job *job_new (int depth);
 Buffer *job_input (Job *j);
 unsigned long job_id (Job *j);
-/* once it has ended: the order of its end among all jobs (from 1) */
-unsigned long job_endseq (Pool *p, Job *j);
+/* the order of its end among all jobs (from 1; 0: it has not ended) */
+unsigned long job_endseq (Job *j);
 JobStatus job_status (Pool *p, Job *j);
 /* once the job has ended: move its output (results or failure record) */
 void job_take_output (Job *j, Buffer *dst);

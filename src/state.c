@@ -846,7 +846,8 @@ static int body (lua_State *L) {
   }
   if (iso->exit == EXIT_NONE)
     codec_encodelist(L, iso->out, 2, lua_gettop(L) - 1,
-                     index == 0 ? ROLE_RESULT : ROLE_ITEMRESULT, index - (index != 0));
+                     index == 0 ? ROLE_RESULT : ROLE_ITEMRESULT, index - (index != 0),
+                     index == 0 ? NULL : &iso->index);	/* the failing item's */
   return 0;
 }
 

@@ -83,6 +83,11 @@ local function map(pool, fn, list, opts)
     end
   end
   local n, out = #list, {}
+  if math.type(n) ~= "integer" or n < 0 or n > 0x7fffffff then
+    argerror(2, "map", "its length must be an integer from 0 to 2^31 - 1, got " .. tostring(n), 3)
+  end
+  local why = pool and core.unusable(pool)
+  if why then error(why, 3) end
   if n == 0 then
     if progress then progress(0, 0) end
     return out
@@ -97,8 +102,8 @@ local function map(pool, fn, list, opts)
   local tasks, firsts = {}, {}
   local ok, err = pcall(function()
     for i = 1, n, chunk do
-      tasks[#tasks + 1] = core.chunk(pool, f, list, i, math.min(i + chunk - 1, n))
-      firsts[#tasks] = i
+      firsts[#firsts + 1] = i
+      core.chunk(pool, f, list, i, math.min(i + chunk - 1, n), tasks)   -- stores its task
     end
   end)
   if not ok then
@@ -106,25 +111,21 @@ local function map(pool, fn, list, opts)
     error(err, 0)
   end
 
-  -- collect in the order the chunks end; after a failure, the chunks after
-  -- it are cancelled and those before it still run: the lowest index wins
-  local pending, done, failed = {}, 0, nil
-  for k = 1, #tasks do pending[k] = k end
+  -- collect in list order: the chunks before a failing one have all run,
+  -- so its error is the lowest index's; the chunks after it are cancelled
+  local done, failed = 0, nil
   ok, err = pcall(function()
-    while #pending > 0 do
-      local k = core.first(tasks, pending)
-      local c = pending[k]
-      pending[k] = pending[#pending]
-      pending[#pending] = nil
+    for c = 1, #tasks do
       local last = c < #tasks and firsts[c + 1] - 1 or n
       local cok, cerr = pcall(core.into, tasks[c], out, firsts[c])
       if cok then
         done = done + (last - firsts[c] + 1)
-        if progress and not failed then progress(done, n) end
-      elseif getmetatable(cerr) == core.RemoteError and cerr.kind ~= "cancelled" then
-        if not failed or (cerr.index or 0) < (failed.index or 0) then failed = cerr end
+        if progress then progress(done, n) end
+      elseif getmetatable(cerr) == core.RemoteError then
+        failed = cerr
         for j = c + 1, #tasks do tasks[j]:cancel() end
-      elseif getmetatable(cerr) ~= core.RemoteError then
+        return
+      else
         error(cerr, 0)        -- an interrupt
       end
     end
@@ -142,25 +143,6 @@ local function all(tasks)
   local out = {}
   for i = 1, #tasks do out[i] = (tasks[i]:await()) end
   return out
-end
-
-local function completed(tasks, timeout)
-  checktasks(tasks, "completed", 2)
-  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
-    argerror(2, "completed", "timeout must be a number >= 0", 2)
-  end
-  local pending = {}
-  for i = 1, #tasks do pending[i] = i end
-  local deadline = timeout and timeout < math.huge and core.now() + timeout or nil
-  return function()
-    local n = #pending
-    if n == 0 then return nil end
-    local k = core.first(tasks, pending, deadline, timeout)
-    local i = pending[k]
-    pending[k] = pending[n]
-    pending[n] = nil
-    return i, tasks[i]
-  end
 end
 
 -- }======================================================
@@ -186,7 +168,7 @@ local isolate = {
 
   -- The first results of tasks, in list order; and the tasks as they end.
   all = all,
-  completed = completed,
+  completed = core.completed,
 
   -- A pool of its own: isolate.pool{size, name, memory_limit, init}.
   pool = core.pool,
