@@ -327,4 +327,21 @@ describe("task:cancel()", function()
     assert.matches("isolate.Task expected, got number", err, 1, true)
     assert.equal(1, task:await())
   end)
+
+  it("reaches the nested isolate that its task's thread runs while it waits", function()
+    -- keep the other workers busy, so that the child stays queued and the
+    -- task's own thread runs it
+    local blockers = {}
+    for i = 2, isolate.cpus() do
+      blockers[#blockers + 1] = isolate.spawn(function(f) return f(1) end, endless)
+    end
+    local task = isolate.spawn(function(f)
+      return require("isolate").run(f)
+    end, endless)
+    running(task)
+    assert.is_true(task:cancel())
+    assert.is_true(task:wait(5), "the task did not end within 5 s of its cancel")
+    assert.equal("cancelled", task:status())
+    for _, b in ipairs(blockers) do b:cancel() end
+  end)
 end)

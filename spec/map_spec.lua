@@ -125,6 +125,31 @@ describe("isolate.map", function()
     end)
   end)
 
+  describe("when a result cannot travel", function()
+    it("raises a RemoteError with that item's index", function()
+      local ok, err = pcall(isolate.map, function(x) if x == 3 then return io.stdout end return x end,
+        {1, 2, 3, 4})
+      assert.is_false(ok)
+      assert.equal(isolate.RemoteError, getmetatable(err))
+      assert.equal(3, err.index)
+      assert.matches("cannot transfer a userdata (FILE*) (result of item #3)", err.message, 1, true)
+    end)
+  end)
+
+  describe("at scale", function()
+    -- linear time: twice the items, about twice the time (a quadratic
+    -- wait took 20 s for 20,000 chunks)
+    it("runs 20,000 chunks of one item in a few seconds", function()
+      local n = os.getenv("ISOLATE_SPEC_UNDER_TOOL") and 2000 or 20000
+      local list = {}
+      for i = 1, n do list[i] = i end
+      local t0 = poll.now()
+      local out = isolate.map(function(x) return x * 2 end, list, {chunk = 1})
+      assert.equal(2 * n, out[n])
+      assert.is_true(poll.now() - t0 < 10, string.format("took %.1f s", poll.now() - t0))
+    end)
+  end)
+
   describe("opts.progress", function()
     it("is called in the caller with (done, total), done never going back, last with (total, total)", function()
       local calls = {}
@@ -270,5 +295,16 @@ describe("isolate.completed", function()
     assert.equal(isolate.TimeoutError, getmetatable(err))
     assert.same({1}, seen)
     assert.is_true(took >= 0.2 and took < 5, string.format("raised after %.2f s", took))
+  end)
+
+  it("goes through 10,000 ended tasks in well under a second each step", function()
+    local n = os.getenv("ISOLATE_SPEC_UNDER_TOOL") and 1000 or 10000
+    local tasks = {}
+    for i = 1, n do tasks[i] = isolate.spawn(function(x) return x end, i) end
+    for i = 1, n do tasks[i]:wait() end
+    local t0, seen = poll.now(), 0
+    for _ in isolate.completed(tasks) do seen = seen + 1 end
+    assert.equal(n, seen)
+    assert.is_true(poll.now() - t0 < 5, string.format("took %.1f s", poll.now() - t0))
   end)
 end)

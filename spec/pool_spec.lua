@@ -247,7 +247,34 @@ describe("isolate.pool", function()
     end)
   end)
 
+  describe("memory_limit, when require fails for it", function()
+    it("still gives kind memory", function()
+      local pool <close> = isolate.pool{size = 1, memory_limit = 30000}
+      local ok, err = pcall(pool.run, pool, function() return isolate.name() end)
+      assert.is_false(ok)
+      assert.equal("memory", err.kind)
+      assert.equal(1, pool:run(function() return 1 end))
+    end)
+  end)
+
+  describe("init that ends with isolate.exit", function()
+    it("fails the task with kind exit, saying so", function()
+      local pool <close> = isolate.pool{size = 1, init = function() require("isolate").exit(1) end}
+      local ok, err = pcall(pool.run, pool, function() return 1 end)
+      assert.is_false(ok)
+      assert.equal("exit", err.kind)
+      assert.equal("isolate.exit ended the pool's init", err.message)
+    end)
+  end)
+
   describe("close", function()
+    it("stops an init that never ends, when nothing is queued", function()
+      local pool = isolate.pool{size = 1, init = function() while true do end end}
+      local t0 = poll.now()
+      pool:close()
+      assert.is_true(poll.now() - t0 < 5)
+    end)
+
     it("waits for the pool's tasks", function()
       local pool = isolate.pool{size = 2}
       local tasks = {}
@@ -306,6 +333,11 @@ describe("isolate.pool", function()
   end)
 
   describe("options", function()
+    it("take a size of 1.0, as luaL_checkinteger would", function()
+      local pool <close> = isolate.pool{size = 1.0}
+      assert.equal(1, pool:stats().workers)
+    end)
+
     it("are checked", function()
       for _, size in ipairs{0, -1, 1.5, "x"} do
         assert.matches("size", message_of(isolate.pool, {size = size}), 1, true)

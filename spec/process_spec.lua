@@ -55,6 +55,29 @@ describe("a forked process", function()
   end)
 end)
 
+describe("a process forked with a pool of its own", function()
+  local function verdicts(mode)
+    local r = sub.run("spec/scenario/poolfork.lua", {mode}, {timeout = 30})
+    return r
+  end
+
+  it("ends a child forked inside the pool's isolate when the isolate's function ends", function()
+    local r = verdicts("spawn")
+    assert.equal("ok", verdict(r.stdout, "child"), r.report)
+  end)
+
+  it("ends such a child also when pool:run ran the isolate in the script's thread", function()
+    local r = verdicts("run")
+    assert.equal("ok", verdict(r.stdout, "child"), r.report)
+  end)
+
+  it("fails at once in the child a task of the pool that ran at the fork", function()
+    local r = verdicts("task")
+    assert.equal("ok", verdict(r.stdout, "child"), r.report)
+    assert.equal("ok", verdict(r.stdout, "parent"), r.report)
+  end)
+end)
+
 describe("Ctrl-C", function()
   -- Start interrupt.lua MODE, send SIGINT half a second after it is ready,
   -- and return the subprocess' record with 'after', the seconds from the

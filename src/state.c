@@ -186,6 +186,7 @@ typedef struct Isolate {
   lua_State *volatile running;	/* the thread that runs now (NULL: the main one) */
   lua_Integer index;		/* map: the list index of the item being run */
   size_t limit, used;		/* bytes of heap allowed (0: no limit) and used */
+  int limited;			/* an allocation was refused for the limit */
   int initfailed;		/* the pool's init failed: 'initrec' tells how */
   int initing;			/* the pool's init runs */
   Buffer initrec;
@@ -234,7 +235,10 @@ static void *allocf (void *ud, void *ptr, size_t osize, size_t nsize) {
     return NULL;
   }
   if (nsize > old) {
-    if (iso->limit != 0 && nsize - old > iso->limit - iso->used) return NULL;
+    if (iso->limit != 0 && nsize - old > iso->limit - iso->used) {
+      iso->limited = 1;
+      return NULL;
+    }
     if (iso->failat != 0) {
       /* fail the chosen allocation, and Lua's retry of it after a full GC */
       if (++iso->allocs == iso->failat) {
@@ -894,9 +898,11 @@ static const char *exitmessage (Isolate *iso) {
 
 /* the error value is on top of the stack, msgh at 1; the record goes to 'out' */
 static void failure (lua_State *L, Isolate *iso, int status) {
+  /* an error after the memory limit refused an allocation is a memory
+     error, whatever code caught it and raised (require's loaders do) */
   const char *kind = iso->exit == EXIT_CANCEL ? "cancelled"
                    : iso->exit != EXIT_NONE ? "exit"
-                   : status == LUA_ERRMEM ? "memory" : "error";
+                   : status == LUA_ERRMEM || iso->limited ? "memory" : "error";
   const char *message = iso->exit != EXIT_NONE ? exitmessage(iso) : NULL;
   int value = lua_gettop(L);
   lua_pushcfunction(L, record);

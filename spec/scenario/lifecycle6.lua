@@ -78,6 +78,46 @@ elseif mode == "run-caught" then
     ready()
     return isolate.run(endless)
   end))
+elseif mode == "map-failed" then
+  -- map's own chunk tasks failed and were cancelled: map raised the
+  -- error; nothing else is left to warn about
+  local ok = pcall(isolate.map, function(x) error("item " .. x) end, list, {chunk = 1})
+  assert(not ok)
+  collectgarbage()
+  collectgarbage()
+  print("collected")
+elseif mode == "pool-end" then
+  -- a pool's task in an endless loop when the script ends: cancelled, so
+  -- its to-be-closed variable writes PATH
+  local pool = isolate.pool{size = 1}
+  local task = pool:spawn(function()
+    local x <close> = setmetatable({}, {__close = function() touch(path, "closed") end})
+    while true do end
+  end)
+  assert(eventually(function() return task:status() == "running" end), "the task did not start")
+  print("end of script")
+elseif mode == "close-caught" then
+  -- Ctrl-C while pool:close() waits for an endless task
+  local pool = isolate.pool{size = 1}
+  local task = pool:spawn(endless)
+  report(pcall(function()
+    ready()
+    pool:close()
+  end))
+  task:cancel()
+  pool:close()
+  print("closed")
+elseif mode == "nested-run" then
+  -- Ctrl-C while run's isolate runs a nested isolate on its own thread
+  isolate.run(function() end)           -- the pool prepares states for callers
+  assert(eventually(function() return true end, 0.2))
+  report(pcall(function()
+    ready()
+    return isolate.run(function(f)
+      return require("isolate").run(f)
+    end, endless)
+  end))
 else
-  error("usage: lifecycle6.lua end|lost|seen|map|map-caught|run-caught PATH [W]")
+  error("usage: lifecycle6.lua end|lost|seen|map|map-caught|run-caught|map-failed|"
+     .. "pool-end|close-caught|nested-run PATH [W]")
 end
