@@ -99,22 +99,14 @@ local function map(pool, fn, list, opts)
   chunk = math.min(chunk, MAXCHUNK)
 
   local f = core.encodefn(fn)
-  local tasks, firsts = {}, {}
+  local tasks, firsts, done, failed = {}, {}, 0, nil
   local ok, err = pcall(function()
     for i = 1, n, chunk do
       firsts[#firsts + 1] = i
       core.chunk(pool, f, list, i, math.min(i + chunk - 1, n), tasks)   -- stores its task
     end
-  end)
-  if not ok then
-    cancelall(tasks)
-    error(err, 0)
-  end
-
-  -- collect in list order: the chunks before a failing one have all run,
-  -- so its error is the lowest index's; the chunks after it are cancelled
-  local done, failed = 0, nil
-  ok, err = pcall(function()
+    -- collect in list order: the chunks before a failing one have all
+    -- run, so its error is the lowest index's; those after it are cancelled
     for c = 1, #tasks do
       local last = c < #tasks and firsts[c + 1] - 1 or n
       local cok, cerr = pcall(core.into, tasks[c], out, firsts[c])
@@ -130,7 +122,7 @@ local function map(pool, fn, list, opts)
       end
     end
   end)
-  if not ok then
+  if not ok then              -- an item that cannot travel, an interrupt
     cancelall(tasks)
     error(err, 0)
   end
