@@ -124,6 +124,24 @@ do
   print(string.format("%-44s %9.0f items/s   (goal >= 1000000/s: %s)", "map(x * x) over 100,000 items", N / m,
     N / m >= 1e6 and "met" or "NOT MET"))
   report("  the same", m, ms, "a serial loop in the caller", serial)
+
+  -- items of a few microseconds of work each: map must beat the loop
+  local M = 20000
+  local function work(x)
+    local s = 0
+    for i = 1, 60 do s = s + (x * i) % 7 end
+    return s
+  end
+  local small = {}
+  for i = 1, M do small[i] = i end
+  local per = measure(M, timed(function() for i = 1, M do work(small[i]) end end))
+  local mm = measure(1, timed(function() isolate.map(work, small) end))
+  local ss = measure(1, timed(function()
+    local out = {}
+    for i = 1, M do out[i] = work(small[i]) end
+  end))
+  report(string.format("map, 20,000 items of %.1f us each", per * 1e6), mm, ms,
+    "a serial loop in the caller", ss, 1.0)
 end
 
 -- 6. CPU-bound work: one job per CPU spawned at once, against the same
