@@ -62,6 +62,8 @@ $(BUILD)/tsan/isolate/core.so: $(SRC) $(HDR)
 # ISOLATE_SPEC_UNDER_TOOL: the spec that runs 300 isolates skips its check
 # of resident memory, which under ASan or valgrind measures the tool (its
 # quarantine, its allocator); their leak checks at exit stand in for it.
+# Specs that time work at scale, or repeat a race many times, do less (the
+# tools run code 5 to 50 times slower).
 asan: $(BUILD)/asan/isolate/core.so $(SPEC_POSIX) $(SPEC_HOST)
 	$(call specs,ISOLATE_SPEC_UNDER_TOOL=1 LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(LUA),--cpath="$(BUILD)/asan/?.so")
@@ -73,7 +75,7 @@ $(BUILD)/tsan/host: spec/host.c
 	$(SAN_CC) -O1 -g -fsanitize=thread $(WARN) $(LUA_INC) -o $@ $< $(LUA_LIB)
 
 tsan: $(BUILD)/tsan/isolate/core.so $(BUILD)/tsan/host $(SPEC_POSIX)
-	$(call specs,TSAN_OPTIONS=halt_on_error=1 $(BUILD)/tsan/host,--cpath="$(BUILD)/tsan/?.so")
+	$(call specs,ISOLATE_SPEC_UNDER_TOOL=1 TSAN_OPTIONS=halt_on_error=1 $(BUILD)/tsan/host,--cpath="$(BUILD)/tsan/?.so")
 
 # The property spec runs a tenth of its random cases: under valgrind all of
 # them take minutes.

@@ -875,7 +875,6 @@ Pool *pool_new (int size, const char *name, size_t limit, Buffer *init) {
   pools = p;
   pthread_mutex_unlock(&pools_mu);
   for (i = 0; i < size && start_thread(p, worker, p, i); i++) ;
-  p->size = i;
   if (i < size) {		/* all or nothing */
     pool_close(p, -1);
     pool_release(p);
