@@ -50,7 +50,7 @@ do
   end))
   local ns = measure(N, function() return bench.newstate(N) end)
   report("isolate.run(function() return 1 end)", rt, us,
-    "luaL_newstate+openlibs+close", ns, 2.0)
+    "luaL_newstate+openlibs+close", ns, 0.8)
 end
 
 -- 2. A table of 1,000,000 integers made in an isolate and returned, against
