@@ -78,9 +78,10 @@
 #endif
 
 /*
-** Fresh states that a pool keeps prepared for callers that run their own
-** isolate, and how often a watchdog looks at the callers that do
-** (milliseconds), for a hook set on their state (Ctrl-C).
+** Fresh states that a pool keeps prepared beyond one for each of its
+** workers, for callers that run their own isolate, and how often a
+** watchdog looks at the callers that do (milliseconds), for a hook set on
+** their state (Ctrl-C).
 */
 #if !defined(ISOLATE_STASH)
 #define ISOLATE_STASH		2

@@ -37,6 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "isolate.h"
@@ -69,6 +71,7 @@ struct Pool {
   pthread_mutex_t mu;
   pthread_cond_t work;		/* signalled when a job is queued */
   pthread_cond_t gone;		/* broadcast when a thread of the pool ends */
+  pthread_cond_t prep;		/* signalled when the stash wants a state */
   Job *head, *tail;		/* the queue, FIFO */
   Job *running;			/* jobs that run (doubly linked) */
   int sleeping;			/* workers waiting on 'work' */
@@ -82,19 +85,20 @@ struct Pool {
   char *name;			/* NULL for the default pool */
   size_t limit;			/* bytes of heap per isolate (0: no limit) */
   Buffer init;			/* the init's job input (empty: none) */
-  lua_State *stash[ISOLATE_STASH];	/* fresh states for callers (runhere) */
-  int nstash;
+  lua_State **stash;		/* fresh states, made by idle workers, for jobs */
+  int nstash, stashcap;		/* and callers (runhere): a worker's and a few */
   lua_State *toclose[ISOLATE_STASH];	/* states of callers' jobs, to close */
   int ntoclose;
   int queued, busy;
   unsigned long done, failed, cancelled;
   atomic_int stopinit;		/* inits under way stop (pool_cancelall) */
-  Worker **workers;		/* its threads while they run, 'size' slots */
+  Worker **workers;		/* its threads while they run, 'size' + 1 slots */
 };
 
 static Pool default_pool = {.mu = PTHREAD_MUTEX_INITIALIZER,
                             .work = PTHREAD_COND_INITIALIZER,
-                            .gone = PTHREAD_COND_INITIALIZER};
+                            .gone = PTHREAD_COND_INITIALIZER,
+                            .prep = PTHREAD_COND_INITIALIZER};
 static pthread_mutex_t start_mu = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int started;	/* the default pool's threads were started */
 
@@ -392,7 +396,7 @@ int job_cancel (Pool *p, Job *j) {
 static void stopinits (Pool *p) {
   int i;
   if (atomic_exchange(&p->stopinit, 1)) return;
-  for (i = 0; i < p->size && p->workers != NULL; i++)
+  for (i = 0; i <= p->size && p->workers != NULL; i++)
     if (p->workers[i] != NULL && cancel_signal != 0)
       pthread_kill(p->workers[i]->thread, cancel_signal);
 }
@@ -494,7 +498,7 @@ static void begin (Worker *w, Pool *p) {
   w->thread = pthread_self();
   w->slot = -1;
   pthread_mutex_lock(&p->mu);
-  for (i = 0; i < p->size && p->workers != NULL; i++)
+  for (i = 0; i <= p->size && p->workers != NULL; i++)
     if (p->workers[i] == NULL) {
       p->workers[i] = w;
       w->slot = i;
@@ -563,7 +567,7 @@ static void execute (Pool *p, Job *j, lua_State *L, Worker *w, int handoff) {
   if (handoff && L != NULL && p->ntoclose < ISOLATE_STASH) {
     p->toclose[p->ntoclose++] = L;	/* a worker closes it */
     L = NULL;
-    if (p->sleeping > 0) pthread_cond_signal(&p->work);
+    pthread_cond_signal(&p->prep);
   }
   pthread_mutex_unlock(&p->mu);
   if (forked) _exit(ok ? 0 : 1);
@@ -586,49 +590,31 @@ static lua_State *prepare (Pool *p, Worker *w) {
 }
 
 
-/*
-** A worker makes the state for its next job as soon as it has published
-** the last one, so that making it is not part of the next round trip.  A
-** worker of a pool that closes runs what is queued, then ends.
-*/
+/* a fresh state for a job: from the stash (its preparer makes another), or new */
+static lua_State *fresh (Pool *p, Worker *w) {
+  lua_State *L = NULL;
+  pthread_mutex_lock(&p->mu);
+  if (p->nstash > 0) {
+    L = p->stash[--p->nstash];
+    pthread_cond_signal(&p->prep);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return L != NULL ? L : prepare(p, w);
+}
+
+
+/* a worker runs jobs; one that closes runs what is queued, then ends */
 static void *worker (void *arg) {
   Worker w;
   Pool *p = (Pool *)arg;
-  lua_State *spare;
   begin(&w, p);
-  spare = prepare(p, &w);
   for (;;) {
     Job *j;
     pthread_mutex_lock(&p->mu);
-    while (p->head == NULL && !p->closing && p->nstash == ISOLATE_STASH &&
-           p->ntoclose == 0) {
+    while (p->head == NULL && !p->closing) {
       p->sleeping++;
       pthread_cond_wait(&p->work, &p->mu);
       p->sleeping--;
-    }
-    if (p->ntoclose > 0) {	/* a caller's state, for a thread with time */
-      lua_State *L = p->toclose[--p->ntoclose];
-      pthread_mutex_unlock(&p->mu);
-      state_close(L);
-      continue;
-    }
-    if (p->head == NULL && !p->closing) {	/* idle: fill the stash */
-      lua_State *L;
-      pthread_mutex_unlock(&p->mu);
-      L = prepare(p, &w);
-      pthread_mutex_lock(&p->mu);
-      if (L != NULL && p->nstash < ISOLATE_STASH && !p->closing) {
-        p->stash[p->nstash++] = L;
-        L = NULL;
-      }
-      else if (L == NULL) {	/* no memory: wait for a job rather than retry */
-        p->sleeping++;
-        pthread_cond_wait(&p->work, &p->mu);
-        p->sleeping--;
-      }
-      pthread_mutex_unlock(&p->mu);
-      state_close(L);
-      continue;
     }
     if ((j = p->head) == NULL) {
       pthread_mutex_unlock(&p->mu);
@@ -636,10 +622,70 @@ static void *worker (void *arg) {
     }
     start(p, j);
     pthread_mutex_unlock(&p->mu);
-    execute(p, j, spare != NULL ? spare : prepare(p, &w), &w, 0);
-    spare = prepare(p, &w);
+    execute(p, j, fresh(p, &w), &w, 0);
   }
-  state_close(spare);
+  end(p, &w);
+  return NULL;
+}
+
+
+/*
+** The preparer keeps the stash full: one fresh state for each worker and
+** ISOLATE_STASH more for callers that run their own jobs (runhere), so
+** that making a state (init included) is not part of a round trip.  It
+** also closes what callers leave (toclose).  It runs at the lowest
+** priority the system has (SCHED_IDLE on Linux, else nice 19): waking it
+** never takes a CPU from a caller or a job, and its work waits for an idle
+** CPU.
+*/
+static void lowest_priority (void) {
+#if defined(SCHED_IDLE)
+  struct sched_param sp;
+  memset(&sp, 0, sizeof(sp));
+  if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) == 0) return;
+#endif
+  setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+}
+
+static void *preparer (void *arg) {
+  Worker w;
+  Pool *p = (Pool *)arg;
+  lua_State *L;
+  char name[64];
+  snprintf(name, sizeof(name), "%s/prep", p->name ? p->name : "isolate");
+  name[15] = '\0';
+  pthread_setname_np(pthread_self(), name);
+  begin(&w, p);
+  lowest_priority();
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    while (!p->closing && p->ntoclose == 0 && p->nstash == p->stashcap)
+      pthread_cond_wait(&p->prep, &p->mu);
+    if (p->ntoclose > 0) {	/* a caller's state, after its job */
+      L = p->toclose[--p->ntoclose];
+      pthread_mutex_unlock(&p->mu);
+      state_close(L);
+      pthread_mutex_lock(&p->mu);
+    }
+    else if (p->closing) break;
+    else {
+      pthread_mutex_unlock(&p->mu);
+      L = prepare(p, &w);
+      pthread_mutex_lock(&p->mu);
+      if (L != NULL && p->nstash < p->stashcap && !p->closing) {
+        p->stash[p->nstash++] = L;
+        L = NULL;
+      }
+      else if (L == NULL)	/* no memory: not again before a state is taken */
+        pthread_cond_wait(&p->prep, &p->mu);
+      if (L != NULL) {
+        pthread_mutex_unlock(&p->mu);
+        state_close(L);
+        pthread_mutex_lock(&p->mu);
+      }
+    }
+  }
+  pthread_mutex_unlock(&p->mu);
   end(p, &w);
   return NULL;
 }
@@ -660,7 +706,7 @@ static void *lent_thread (void *arg) {
   lent.job->thread = pthread_self();
   lent.job->onthread = 1;
   pthread_mutex_unlock(&lent.pool->mu);
-  execute(lent.pool, lent.job, prepare(lent.pool, &w), &w, 0);
+  execute(lent.pool, lent.job, fresh(lent.pool, &w), &w, 0);
   end(lent.pool, &w);
   return NULL;
 }
@@ -730,6 +776,7 @@ static void orphan_pool (Pool *p) {
   p->threads = 0;
   pthread_cond_init(&p->work, NULL);	/* its waiters were the parent's */
   pthread_cond_init(&p->gone, NULL);
+  pthread_cond_init(&p->prep, NULL);
   pthread_mutex_init(&p->mu, NULL);
 }
 
@@ -825,10 +872,14 @@ Pool *pool_default (void) {
       int i, n = pool_cpus();
       pthread_mutex_lock(&p->mu);
       free(p->workers);		/* a forked child's copy of the parent's */
-      p->workers = (Worker **)calloc((size_t)n, sizeof(Worker *));
+      free(p->stash);
+      p->workers = (Worker **)calloc((size_t)n + 1, sizeof(Worker *));
+      p->stash = (lua_State **)calloc((size_t)n + ISOLATE_STASH, sizeof(lua_State *));
+      p->stashcap = p->stash != NULL ? n + ISOLATE_STASH : 0;
       p->size = n;
       pthread_mutex_unlock(&p->mu);
       for (i = 0; i < n && start_thread(p, worker, p, i); i++) ;
+      if (i > 0) start_thread(p, preparer, p, -1);	/* without it, no stash */
       pthread_mutex_lock(&p->mu);
       p->size = i;
       pthread_mutex_unlock(&p->mu);
@@ -856,13 +907,20 @@ Pool *pool_new (int size, const char *name, size_t limit, Buffer *init) {
   pthread_cond_init(&p->work, NULL);
   pthread_cond_init(&p->gone, &ca);
   pthread_condattr_destroy(&ca);
+  pthread_cond_init(&p->prep, NULL);
   p->refs = 1;
   p->pid = getpid();
   p->limit = limit;
   p->size = size;
-  if ((p->workers = (Worker **)calloc((size_t)size, sizeof(Worker *))) == NULL) {
+  p->stashcap = size + ISOLATE_STASH;
+  p->stash = (lua_State **)calloc((size_t)p->stashcap, sizeof(lua_State *));
+  if ((p->workers = (Worker **)calloc((size_t)size + 1, sizeof(Worker *))) == NULL ||
+      p->stash == NULL) {
+    free(p->workers);
+    free(p->stash);
     pthread_cond_destroy(&p->gone);
     pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->prep);
     pthread_mutex_destroy(&p->mu);
     free(p->name);
     free(p);
@@ -875,7 +933,7 @@ Pool *pool_new (int size, const char *name, size_t limit, Buffer *init) {
   pools = p;
   pthread_mutex_unlock(&pools_mu);
   for (i = 0; i < size && start_thread(p, worker, p, i); i++) ;
-  if (i < size) {		/* all or nothing */
+  if (i < size || !start_thread(p, preparer, p, -1)) {	/* all or nothing */
     pool_close(p, -1);
     pool_release(p);
     return NULL;
@@ -905,8 +963,10 @@ void pool_release (Pool *p) {
     while (p->nstash > 0) state_close(p->stash[--p->nstash]);
     while (p->ntoclose > 0) state_close(p->toclose[--p->ntoclose]);
     free(p->workers);
+    free(p->stash);
     pthread_cond_destroy(&p->work);
     pthread_cond_destroy(&p->gone);
+    pthread_cond_destroy(&p->prep);
     pthread_mutex_destroy(&p->mu);
     buffer_free(&p->init);
     free(p->name);
@@ -934,6 +994,7 @@ int pool_close (Pool *p, long ms) {
   pthread_mutex_lock(&p->mu);
   p->closing = 1;
   pthread_cond_broadcast(&p->work);
+  pthread_cond_signal(&p->prep);
   if (p->head == NULL) stopinits(p);	/* they prepare states for nothing */
   while (p->threads > 0 && ms != 0) {
     if (ms < 0) pthread_cond_wait(&p->gone, &p->mu);
@@ -992,6 +1053,7 @@ int pool_submit (Pool *p, Job *j) {
 
 
 int pool_wait (Pool *p, Job *j, long ms, int runs) {
+  lua_State *L = NULL;
   Worker *w;
   struct timespec deadline;
   int ended;
@@ -1003,6 +1065,10 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
     if (atomic_load_explicit(&j->status, memory_order_relaxed) == JOB_QUEUED) {
       start(p, j);
       mine = 1;
+      if (p->nstash > 0) {
+        L = p->stash[--p->nstash];
+        pthread_cond_signal(&p->prep);
+      }
       if (w->job != NULL && !isfinal(atomic_load(&w->job->status))) {
         w->job->inner = j;	/* so that cancelling the waiting job reaches it */
         j->outer = w->job;
@@ -1012,9 +1078,10 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
     pthread_mutex_unlock(&p->mu);
     if (mine) {		/* drops the queue's reference; the caller's remains */
       if (stack_left(w) >= ISOLATE_INLINE_STACK) {
-        execute(p, j, prepare(p, w), w, 0);
+        execute(p, j, L != NULL ? L : prepare(p, w), w, 0);
         return 1;
       }
+      state_close(L);		/* (the lent thread makes its own) */
       lend(p, j);
     }
   }
@@ -1139,8 +1206,7 @@ int pool_runhere (Pool *p, Job *j, lua_State *caller, lua_State *mainthread) {
     j->epoch = epoch;
     atomic_store_explicit(&j->status, JOB_QUEUED, memory_order_relaxed);
     enqueue(p, j);
-    start(p, j);
-    if (p->sleeping > 0) pthread_cond_signal(&p->work);	/* to refill it */
+    start(p, j);		/* (the preparer is told after the job: execute) */
   }
   pthread_mutex_unlock(&p->mu);
   if (L == NULL) return 0;
