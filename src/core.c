@@ -324,6 +324,8 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here, in
   Task *t;
   if (depth > ISOLATE_MAXNESTING)
     luaL_error(L, "isolate: isolates nested more than %d deep", ISOLATE_MAXNESTING);
+  if (state_closing(L))		/* Lua would never finalize the task */
+    luaL_error(L, "isolate: cannot start an isolate while this isolate's state closes");
   if ((why = pool_unusable(p)) != NULL) luaL_error(L, "%s", why);
   lifecycle(L);
   t = (Task *)lua_newuserdatauv(L, sizeof(Task), 2);
@@ -767,6 +769,12 @@ static int l_completed (lua_State *L) {
   timeout = opttimeout(L, 2);
   n = luaL_len(L, 1);
   luaL_argcheck(L, n >= 0 && n <= INT_MAX / (lua_Integer)sizeof(Task *), 1, "too many tasks");
+  for (i = 1; i <= n; i++) {	/* all of them, before the arrays are made */
+    lua_geti(L, 1, i);
+    if (luaL_testudata(L, -1, ISOLATE_TASK) == NULL)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "tasks[%I] is not a task", (LUAI_UACINT)i));
+    lua_pop(L, 1);
+  }
   c = (Completion *)lua_newuserdatauv(L, sizeof(Completion), 1);
   memset(c, 0, sizeof(Completion));
   luaL_setmetatable(L, ISOLATE_COMPLETION);
@@ -907,6 +915,8 @@ static int option (lua_State *L, const char *name, int type, const char *what) {
 
 static int l_pool (lua_State *L) {
   int size = pool_cpus();
+  if (state_closing(L))		/* Lua would never finalize the pool */
+    return luaL_error(L, "isolate: cannot make a pool while this isolate's state closes");
   size_t limit = 0;
   const char *name = NULL;
   PoolHandle *h;

@@ -571,7 +571,11 @@ static void execute (Pool *p, Job *j, lua_State *L, Worker *w, int handoff) {
   }
   pthread_mutex_unlock(&p->mu);
   if (forked) _exit(ok ? 0 : 1);
-  state_close(L);		/* its results are out: finalizers run now */
+  {
+    unsigned long e = epoch;
+    state_close(L);		/* its results are out: finalizers run now */
+    if (epoch != e) _exit(0);	/* one of them forked: as above */
+  }
 }
 
 
@@ -662,9 +666,11 @@ static void *preparer (void *arg) {
     while (!p->closing && p->ntoclose == 0 && p->nstash == p->stashcap)
       pthread_cond_wait(&p->prep, &p->mu);
     if (p->ntoclose > 0) {	/* a caller's state, after its job */
+      unsigned long e = epoch;
       L = p->toclose[--p->ntoclose];
       pthread_mutex_unlock(&p->mu);
       state_close(L);
+      if (epoch != e) _exit(0);	/* a finalizer forked: see execute() */
       pthread_mutex_lock(&p->mu);
     }
     else if (p->closing) break;
@@ -676,8 +682,8 @@ static void *preparer (void *arg) {
         p->stash[p->nstash++] = L;
         L = NULL;
       }
-      else if (L == NULL)	/* no memory: not again before a state is taken */
-        pthread_cond_wait(&p->prep, &p->mu);
+      else if (L == NULL && !p->closing)	/* no memory: not again before */
+        pthread_cond_wait(&p->prep, &p->mu);	/* a state is taken */
       if (L != NULL) {
         pthread_mutex_unlock(&p->mu);
         state_close(L);

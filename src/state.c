@@ -68,8 +68,8 @@ typedef enum Exit {
 ** A fresh state makes a few hundred small blocks (the libraries'
 ** functions, tables and names) and frees them all when it closes, which
 ** the general allocator does one by one.  Blocks of up to SLAB_MAX bytes
-** come from chunks of the state's own instead, in size classes of 16
-** bytes, each class with a free list; the chunks go back to the system
+** come from an arena of the state's own instead, in size classes of 16
+** bytes, each class with a free list; the arena goes back in one piece
 ** when the state closes.  Larger blocks come from malloc.  (Built under
 ** AddressSanitizer, every block comes from malloc, so that it checks
 ** them; ISOLATE_NO_SLAB does the same.)
@@ -85,19 +85,24 @@ typedef enum Exit {
 #endif
 
 #define SLAB_MAX	256
-#define SLAB_CHUNK	(16u << 10)
+#define SLAB_ARENA	(64u << 10)
 #define SLAB_CLASS(n)	(((n) + 15) >> 4)
 
+/*
+** One arena per state, of SLAB_ARENA bytes: enough for a fresh state and
+** a small job.  Its free lists keep what a class freed for that class, so
+** the arena is bounded, whatever a job does: past it, small blocks come
+** from malloc too, which is told from the arena's by address.
+*/
 typedef struct Slab {
   void *free[SLAB_CLASS(SLAB_MAX) + 1];	/* a free list per class */
-  char *next, *end;		/* what is left of the newest chunk */
-  void *chunks;			/* each chunk starts with a link to the last */
+  char *arena, *next;		/* the arena (NULL: none yet), its unused part */
 } Slab;
 
-typedef union SlabChunk {	/* the head of a chunk, aligned for any block */
-  void *prev;
-  max_align_t align;
-} SlabChunk;
+#if !defined(ISOLATE_NO_SLAB)
+static int in_arena (Slab *s, void *p) {
+  return s->arena != NULL && (char *)p >= s->arena && (char *)p < s->arena + SLAB_ARENA;
+}
 
 static void *slab_alloc (Slab *s, size_t n) {
   size_t c = SLAB_CLASS(n), size = c << 4;
@@ -106,56 +111,42 @@ static void *slab_alloc (Slab *s, size_t n) {
     s->free[c] = *(void **)p;
     return p;
   }
-  if ((size_t)(s->end - s->next) < size) {
-    SlabChunk *chunk = (SlabChunk *)malloc(SLAB_CHUNK);
-    if (chunk == NULL) return NULL;
-    chunk->prev = s->chunks;
-    s->chunks = chunk;
-    s->next = (char *)(chunk + 1);
-    s->end = (char *)chunk + SLAB_CHUNK;
-  }
+  if (s->arena == NULL && (s->arena = s->next = (char *)malloc(SLAB_ARENA)) == NULL)
+    return malloc(n);
+  if ((size_t)(s->arena + SLAB_ARENA - s->next) < size) return malloc(n);
   p = s->next;
   s->next += size;
   return p;
 }
 
 static void slab_free (Slab *s, void *p, size_t n) {
-  size_t c = SLAB_CLASS(n);
-  *(void **)p = s->free[c];
-  s->free[c] = p;
+  if (in_arena(s, p)) {
+    size_t c = SLAB_CLASS(n);
+    *(void **)p = s->free[c];
+    s->free[c] = p;
+  }
+  else free(p);
 }
 
+#endif
+
 static void slab_close (Slab *s) {
-  while (s->chunks != NULL) {
-    void *prev = ((SlabChunk *)s->chunks)->prev;
-    free(s->chunks);
-    s->chunks = prev;
-  }
+  free(s->arena);
+  s->arena = s->next = NULL;
 }
 
 /* the block 'p' of 'old' bytes (0: none) resized to 'n' > 0 bytes */
 static void *heap_realloc (Slab *s, void *p, size_t old, size_t n) {
   void *q;
 #if !defined(ISOLATE_NO_SLAB)
-  if (old <= SLAB_MAX && n <= SLAB_MAX) {
-    if (old > 0 && SLAB_CLASS(old) == SLAB_CLASS(n)) return p;
-    if ((q = slab_alloc(s, n)) != NULL && old > 0) {
-      memcpy(q, p, old < n ? old : n);
-      slab_free(s, p, old);
-    }
-    return q;
-  }
-  if (old > SLAB_MAX) {
-    if (n > SLAB_MAX) return realloc(p, n);
-    if ((q = slab_alloc(s, n)) != NULL) {
-      memcpy(q, p, n);
-      free(p);
-    }
-    return q;
-  }
-  if ((q = malloc(n)) != NULL && old > 0) {	/* from a slab to malloc */
-    memcpy(q, p, old);
-    slab_free(s, p, old);
+  if (old > SLAB_MAX && n > SLAB_MAX) return realloc(p, n);
+  if (old > 0 && old <= SLAB_MAX && n <= SLAB_MAX && SLAB_CLASS(old) == SLAB_CLASS(n))
+    return p;
+  q = n <= SLAB_MAX ? slab_alloc(s, n) : malloc(n);
+  if (q != NULL && old > 0) {
+    memcpy(q, p, old < n ? old : n);
+    if (old <= SLAB_MAX) slab_free(s, p, old);
+    else free(p);
   }
   return q;
 #else
@@ -189,6 +180,7 @@ typedef struct Isolate {
   int limited;			/* an allocation was refused for the limit */
   int initfailed;		/* the pool's init failed: 'initrec' tells how */
   int initing;			/* the pool's init runs */
+  int closing;			/* lua_close runs its finalizers */
   Buffer initrec;
   Exit exit;			/* the first exit asked for */
   int final;			/* the outcome is decided: exits change nothing */
@@ -262,6 +254,12 @@ static Isolate *current (lua_State *L) {
 
 int state_ismain (lua_State *L) {
   return current(L) == NULL;
+}
+
+
+int state_closing (lua_State *L) {
+  Isolate *iso = current(L);
+  return iso != NULL && iso->closing;
 }
 
 
@@ -804,6 +802,7 @@ lua_State *state_new (size_t limit) {
 void state_close (lua_State *L) {
   if (L != NULL) {
     Isolate *iso = current(L);
+    iso->closing = 1;		/* finalizers start no isolates now */
     lua_close(L);
     buffer_free(&iso->exitbuf);
     buffer_free(&iso->initrec);
@@ -998,6 +997,7 @@ int state_run (lua_State *L, Buffer *in, Buffer *out, const StateRun *run) {
   }
   atomic_store_explicit(run->shown, NULL, memory_order_relaxed);
   atomic_signal_fence(memory_order_seq_cst);
+  iso->cancel = NULL;		/* the job goes: its finalizers run without it */
  done:
   buffer_free(in);		/* if body did not get that far */
   return ok;

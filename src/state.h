@@ -57,6 +57,9 @@ void state_checkcancel (lua_State *L);
 /* inside an isolate: end it now with the 'n' values on top as results */
 int state_exit (lua_State *L, int n);
 
+/* is 'L' an isolate's state that closes (its finalizers run)? */
+int state_closing (lua_State *L);
+
 /* is 'L' a caller's state, not an isolate's? */
 int state_ismain (lua_State *L);
 
