@@ -247,6 +247,19 @@ describe("isolate.pool", function()
     end)
   end)
 
+  describe("memory_limit below what a fresh state needs", function()
+    it("fails every task with kind memory; none stays queued", function()
+      local pool <close> = isolate.pool{size = 1, memory_limit = 10000}
+      for _ = 1, 20 do
+        local task = pool:spawn(function() return 1 end)
+        assert.is_true(task:wait(10), "a task stayed " .. task:status())
+        local ok, err = task:result()
+        assert.is_false(ok)
+        assert.equal("memory", err.kind)
+      end
+    end)
+  end)
+
   describe("memory_limit, when require fails for it", function()
     it("still gives kind memory", function()
       local pool <close> = isolate.pool{size = 1, memory_limit = 30000}

@@ -298,4 +298,27 @@ describe("names", function()
     package.loaded["zz.long.name"], package.loaded["bb"], package.loaded["aa"] = nil, nil, nil
     assert.matches("aa$", s)
   end)
+
+  it("lets an isolate's finalizers run after its results are handed over, and start nothing", function()
+    local marker = os.tmpname()
+    local r = isolate.run(function(path)
+      local isolate = require "isolate"
+      setmetatable({}, {__gc = function()
+        local ok, err = pcall(isolate.spawn, function() return 1 end)
+        local f = io.open(path, "w")
+        f:write(ok and "started" or tostring(err))
+        f:close()
+      end})
+      return "result"
+    end, marker)
+    assert.equal("result", r)
+    local text, deadline = "", os.time() + 10
+    repeat
+      local f = io.open(marker)
+      text = f and f:read("a") or ""
+      if f then f:close() end
+    until text ~= "" or os.time() > deadline
+    os.remove(marker)
+    assert.matches("cannot start an isolate while this isolate's state closes", text, 1, true)
+  end)
 end)
