@@ -141,6 +141,8 @@ static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t watch_cv = PTHREAD_COND_INITIALIZER;
 static Inline *watched;		/* callers running their own jobs */
 static int watchdog;		/* 1: started; -1: cannot start */
+static int watch_asleep;	/* it waits for a caller's run, without a timeout */
+static unsigned long watch_runs;	/* callers' runs so far */
 
 
 /* the CPUs this process may run on (taskset, cgroup cpusets), or online */
@@ -805,6 +807,7 @@ static void fork_child (void) {
   pthread_cond_init(&watch_cv, NULL);
   watched = NULL;
   watchdog = 0;
+  watch_asleep = 0;
 }
 
 
@@ -1117,8 +1120,9 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
 ** is watched by the watchdog thread instead: a hook set on the caller's
 ** state (the standalone interpreter's Ctrl-C) cancels the job, and the
 ** caller's wait then raises the hook's error as before.  The watchdog
-** sleeps while no caller runs a job; it looks every ISOLATE_WATCH_MS
-** while one does.
+** looks every ISOLATE_WATCH_MS while callers run jobs, and for a second
+** after the last, then sleeps until the next: a caller that runs a job
+** now and then does not pay for waking it each time.
 */
 struct Inline {
   struct Inline *next;
@@ -1133,12 +1137,18 @@ static pthread_key_t caller_key;	/* a caller thread's lowest stack address */
 
 
 static void *watch_thread (void *arg) {
+  unsigned long runs = 0;
+  int idle = 0;			/* looks without a caller's run since the last */
   (void)arg;
   pthread_mutex_lock(&watch_mu);
   for (;;) {
     struct timespec t;
     Inline *in;
-    while (watched == NULL) pthread_cond_wait(&watch_cv, &watch_mu);
+    if (watched == NULL && idle >= 1000 / ISOLATE_WATCH_MS) {	/* a second */
+      watch_asleep = 1;
+      while (watched == NULL) pthread_cond_wait(&watch_cv, &watch_mu);
+      watch_asleep = 0;
+    }
     clock_gettime(CLOCK_REALTIME, &t);
     t.tv_nsec += ISOLATE_WATCH_MS * 1000000L;
     if (t.tv_nsec >= 1000000000L) {
@@ -1146,6 +1156,8 @@ static void *watch_thread (void *arg) {
       t.tv_nsec -= 1000000000L;
     }
     pthread_cond_timedwait(&watch_cv, &watch_mu, &t);
+    idle = (watch_runs == runs && watched == NULL) ? idle + 1 : 0;
+    runs = watch_runs;
     for (in = watched; in != NULL; in = in->next) {
       int i;			/* words that a signal handler of the caller may write */
       for (i = 0; i < 2; i++)
@@ -1226,7 +1238,8 @@ int pool_runhere (Pool *p, Job *j, lua_State *caller, lua_State *mainthread) {
   in.job = j;
   pthread_mutex_lock(&watch_mu);
   in.next = watched;
-  if (watched == NULL) pthread_cond_signal(&watch_cv);
+  watch_runs++;
+  if (watch_asleep) pthread_cond_signal(&watch_cv);	/* (once a second at most) */
   watched = &in;
   pthread_mutex_unlock(&watch_mu);
   pthread_setspecific(worker_key, &w);
