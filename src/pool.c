@@ -37,8 +37,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "isolate.h"
@@ -639,18 +637,18 @@ static void *worker (void *arg) {
 ** The preparer keeps the stash full: one fresh state for each worker and
 ** ISOLATE_STASH more for callers that run their own jobs (runhere), so
 ** that making a state (init included) is not part of a round trip.  It
-** also closes what callers leave (toclose).  It runs at the lowest
-** priority the system has (SCHED_IDLE on Linux, else nice 19): waking it
-** never takes a CPU from a caller or a job, and its work waits for an idle
-** CPU.
+** also closes what callers leave (toclose).  It runs as a batch thread
+** (SCHED_BATCH on Linux): waking it does not preempt the caller or the
+** job that woke it, yet it has a fair share of the CPUs, so it never holds
+** the pool's mutex for long while the threads that need it wait (as a
+** thread of idle priority would, preempted there).
 */
-static void lowest_priority (void) {
-#if defined(SCHED_IDLE)
+static void batch_thread (void) {
+#if defined(SCHED_BATCH)
   struct sched_param sp;
   memset(&sp, 0, sizeof(sp));
-  if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp) == 0) return;
+  pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
 #endif
-  setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
 }
 
 static void *preparer (void *arg) {
@@ -662,7 +660,7 @@ static void *preparer (void *arg) {
   name[15] = '\0';
   pthread_setname_np(pthread_self(), name);
   begin(&w, p);
-  lowest_priority();
+  batch_thread();
   pthread_mutex_lock(&p->mu);
   for (;;) {
     while (!p->closing && p->ntoclose == 0 && p->nstash == p->stashcap)
