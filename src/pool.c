@@ -22,10 +22,10 @@
 ** sends it to the thread that runs the job (state.c tells what follows).
 **
 ** Pools of their own (isolate.pool) work the same way, with a name, a
-** memory limit and an init function for their isolates.  A worker makes
-** the state for its next job, init included, while it is idle.  Such a
-** pool is counted by references (its handle, each task, each thread) and
-** freed by the last.
+** memory limit and an init function for their isolates.  Each pool's
+** preparer thread makes fresh states, init included, ahead of the jobs
+** that take them.  A pool of one's own is counted by references (its
+** handle, each task, each thread) and freed by the last.
 */
 #define _GNU_SOURCE		/* pthread_setname_np, pthread_getattr_np */
 #include <errno.h>

@@ -3,9 +3,9 @@
 **
 ** Everything that can raise runs inside lua_pcall, opening the libraries
 ** included, so an isolate's failure (memory too) becomes a failure record
-** for its caller and never a panic of the process.  A worker makes its
-** next state as soon as it has published a job (state_new), so making it
-** is not part of the next job's round trip; no state runs two jobs.  The
+** for its caller and never a panic of the process.  States are made
+** ahead of their jobs (pool.c's preparer), so making one is not part of a
+** round trip; no state runs two jobs.  The
 ** state is closed after its results were handed over (state_close):
 ** to-be-closed variables have closed when the function returned, but
 ** finalizers run then.
