@@ -15,6 +15,19 @@ local function verdict(out, check)
   return "no report"
 end
 
+-- clang 14's AddressSanitizer does not lock its allocator around fork():
+-- a child of a threaded process can find a lock of it held by a thread of
+-- the parent, and hang in its free() as soon as it starts a thread (gdb
+-- shows the child's new threads there).  The fork specs run plainly, under
+-- TSan and under valgrind; under ASan they are pending.
+local function asan_fork()
+  if (os.getenv("LD_PRELOAD") or ""):match("asan") then
+    pending("clang 14's ASan runtime is not fork-safe in threaded processes")
+    return true
+  end
+  return false
+end
+
 describe("a forked process", function()
   -- one subprocess for all the fork checks, started by the first that needs it
   local result
@@ -24,6 +37,7 @@ describe("a forked process", function()
   end
 
   local function check(name)
+    if asan_fork() then return end
     local r = fork_scenario()
     assert.equal("ok", verdict(r.stdout, name), r.report)
   end
@@ -49,6 +63,7 @@ describe("a forked process", function()
   end)
 
   it("still gets that task's real result in the parent", function()
+    if asan_fork() then return end
     check("parent's task")
     check("parent runs")
     assert.equal(0, fork_scenario().code, fork_scenario().report)
@@ -62,16 +77,19 @@ describe("a process forked with a pool of its own", function()
   end
 
   it("ends a child forked inside the pool's isolate when the isolate's function ends", function()
+    if asan_fork() then return end
     local r = verdicts("spawn")
     assert.equal("ok", verdict(r.stdout, "child"), r.report)
   end)
 
   it("ends such a child also when pool:run ran the isolate in the script's thread", function()
+    if asan_fork() then return end
     local r = verdicts("run")
     assert.equal("ok", verdict(r.stdout, "child"), r.report)
   end)
 
   it("fails at once in the child a task of the pool that ran at the fork", function()
+    if asan_fork() then return end
     local r = verdicts("task")
     assert.equal("ok", verdict(r.stdout, "child"), r.report)
     assert.equal("ok", verdict(r.stdout, "parent"), r.report)

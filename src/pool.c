@@ -70,6 +70,8 @@ struct Pool {
   pthread_cond_t work;		/* signalled when a job is queued */
   pthread_cond_t gone;		/* broadcast when a thread of the pool ends */
   pthread_cond_t prep;		/* signalled when the stash wants a state */
+  pthread_cond_t prepared;	/* broadcast when the preparer stops making one */
+  int preparing;		/* the preparer makes or closes a state (unlocked) */
   Job *head, *tail;		/* the queue, FIFO */
   Job *running;			/* jobs that run (doubly linked) */
   int sleeping;			/* workers waiting on 'work' */
@@ -96,7 +98,8 @@ struct Pool {
 static Pool default_pool = {.mu = PTHREAD_MUTEX_INITIALIZER,
                             .work = PTHREAD_COND_INITIALIZER,
                             .gone = PTHREAD_COND_INITIALIZER,
-                            .prep = PTHREAD_COND_INITIALIZER};
+                            .prep = PTHREAD_COND_INITIALIZER,
+                            .prepared = PTHREAD_COND_INITIALIZER};
 static pthread_mutex_t start_mu = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int started;	/* the default pool's threads were started */
 
@@ -668,16 +671,22 @@ static void *preparer (void *arg) {
     if (p->ntoclose > 0) {	/* a caller's state, after its job */
       unsigned long e = epoch;
       L = p->toclose[--p->ntoclose];
+      p->preparing = 1;		/* (for fork: it allocates and frees) */
       pthread_mutex_unlock(&p->mu);
       state_close(L);
       if (epoch != e) _exit(0);	/* a finalizer forked: see execute() */
       pthread_mutex_lock(&p->mu);
+      p->preparing = 0;
+      pthread_cond_broadcast(&p->prepared);
     }
     else if (p->closing) break;
     else {
+      p->preparing = 1;
       pthread_mutex_unlock(&p->mu);
       L = prepare(p, &w);
       pthread_mutex_lock(&p->mu);
+      p->preparing = 0;
+      pthread_cond_broadcast(&p->prepared);
       if (L != NULL && p->nstash < p->stashcap && !p->closing) {
         p->stash[p->nstash++] = L;
         L = NULL;
@@ -745,12 +754,22 @@ static void lend (Pool *p, Job *j) {
 ** =======================================================
 */
 
+/*
+** A fork waits until no preparer is making a state, so that none is
+** inside the allocator then: an allocator that does not lock itself
+** around fork (ASan's, in clang 14) would be left locked in the child.
+*/
+static void quiesce (Pool *p) {
+  pthread_mutex_lock(&p->mu);
+  while (p->preparing) pthread_cond_wait(&p->prepared, &p->mu);
+}
+
 static void fork_prepare (void) {
   Pool *p;
   pthread_mutex_lock(&start_mu);
-  pthread_mutex_lock(&default_pool.mu);
+  quiesce(&default_pool);
   pthread_mutex_lock(&pools_mu);
-  for (p = pools; p != NULL; p = p->nextpool) pthread_mutex_lock(&p->mu);
+  for (p = pools; p != NULL; p = p->nextpool) quiesce(p);
 }
 
 static void fork_parent (void) {
@@ -783,6 +802,8 @@ static void orphan_pool (Pool *p) {
   pthread_cond_init(&p->work, NULL);	/* its waiters were the parent's */
   pthread_cond_init(&p->gone, NULL);
   pthread_cond_init(&p->prep, NULL);
+  pthread_cond_init(&p->prepared, NULL);
+  p->preparing = 0;
   pthread_mutex_init(&p->mu, NULL);
 }
 
@@ -915,6 +936,7 @@ Pool *pool_new (int size, const char *name, size_t limit, Buffer *init) {
   pthread_cond_init(&p->gone, &ca);
   pthread_condattr_destroy(&ca);
   pthread_cond_init(&p->prep, NULL);
+  pthread_cond_init(&p->prepared, NULL);
   p->refs = 1;
   p->pid = getpid();
   p->limit = limit;
@@ -928,6 +950,7 @@ Pool *pool_new (int size, const char *name, size_t limit, Buffer *init) {
     pthread_cond_destroy(&p->gone);
     pthread_cond_destroy(&p->work);
     pthread_cond_destroy(&p->prep);
+    pthread_cond_destroy(&p->prepared);
     pthread_mutex_destroy(&p->mu);
     free(p->name);
     free(p);
@@ -974,6 +997,7 @@ void pool_release (Pool *p) {
     pthread_cond_destroy(&p->work);
     pthread_cond_destroy(&p->gone);
     pthread_cond_destroy(&p->prep);
+    pthread_cond_destroy(&p->prepared);
     pthread_mutex_destroy(&p->mu);
     buffer_free(&p->init);
     free(p->name);
