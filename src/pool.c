@@ -919,6 +919,23 @@ Pool *pool_default (void) {
 }
 
 
+/* free a pool of one's own that no list, thread or task knows any more */
+static void destroy (Pool *p) {
+  while (p->nstash > 0) state_close(p->stash[--p->nstash]);
+  while (p->ntoclose > 0) state_close(p->toclose[--p->ntoclose]);
+  free(p->workers);
+  free(p->stash);
+  pthread_cond_destroy(&p->work);
+  pthread_cond_destroy(&p->gone);
+  pthread_cond_destroy(&p->prep);
+  pthread_cond_destroy(&p->prepared);
+  pthread_mutex_destroy(&p->mu);
+  buffer_free(&p->init);
+  free(p->name);
+  free(p);
+}
+
+
 Pool *pool_new (int size, const char *name, size_t limit, Buffer *init) {
   Pool *p = (Pool *)calloc(1, sizeof(Pool));
   pthread_condattr_t ca;
@@ -945,15 +962,7 @@ Pool *pool_new (int size, const char *name, size_t limit, Buffer *init) {
   p->stash = (lua_State **)calloc((size_t)p->stashcap, sizeof(lua_State *));
   if ((p->workers = (Worker **)calloc((size_t)size + 1, sizeof(Worker *))) == NULL ||
       p->stash == NULL) {
-    free(p->workers);
-    free(p->stash);
-    pthread_cond_destroy(&p->gone);
-    pthread_cond_destroy(&p->work);
-    pthread_cond_destroy(&p->prep);
-    pthread_cond_destroy(&p->prepared);
-    pthread_mutex_destroy(&p->mu);
-    free(p->name);
-    free(p);
+    destroy(p);
     return NULL;
   }
   if (init != NULL) buffer_move(&p->init, init);
@@ -990,18 +999,7 @@ void pool_release (Pool *p) {
     else pools = p->nextpool;
     if (p->nextpool != NULL) p->nextpool->prevpool = p->prevpool;
     pthread_mutex_unlock(&pools_mu);
-    while (p->nstash > 0) state_close(p->stash[--p->nstash]);
-    while (p->ntoclose > 0) state_close(p->toclose[--p->ntoclose]);
-    free(p->workers);
-    free(p->stash);
-    pthread_cond_destroy(&p->work);
-    pthread_cond_destroy(&p->gone);
-    pthread_cond_destroy(&p->prep);
-    pthread_cond_destroy(&p->prepared);
-    pthread_mutex_destroy(&p->mu);
-    buffer_free(&p->init);
-    free(p->name);
-    free(p);
+    destroy(p);
   }
 }
 
