@@ -142,6 +142,7 @@ static pthread_mutex_t watch_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t watch_cv = PTHREAD_COND_INITIALIZER;
 static Inline *watched;		/* callers running their own jobs */
 static int watchdog;		/* 1: started; -1: cannot start */
+static int ncpus;		/* pool_cpus() when the first pool started */
 static int watch_asleep;	/* it waits for a caller's run, without a timeout */
 static unsigned long watch_runs;	/* callers' runs so far */
 
@@ -872,6 +873,7 @@ static void take_signal (void) {
 
 static void init_once (void) {
   pthread_condattr_t ca;
+  ncpus = pool_cpus();
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&ends_cv, &ca);
@@ -1085,7 +1087,7 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
   lua_State *L = NULL;
   Worker *w;
   struct timespec deadline;
-  int ended;
+  int ended, spins;
   if (finished(p, j)) return 1;
   w = (Worker *)pthread_getspecific(worker_key);
   if (runs && w != NULL && w->pool == p) {
@@ -1114,7 +1116,10 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
       lend(p, j);
     }
   }
-  if (ms > 0 && spin_until_ended(j)) return 1;	/* a poll only looks */
+  pthread_mutex_lock(&p->mu);
+  spins = ms > 0 && p->queued == 0 && p->busy < ncpus;
+  pthread_mutex_unlock(&p->mu);
+  if (spins && spin_until_ended(j)) return 1;	/* a poll only looks */
   deadline_in(&deadline, ms);
   pthread_mutex_lock(&p->mu);
   while (!(ended = job_ended(j)) &&
