@@ -172,9 +172,11 @@ static int job_ended (Job *j) {
 /*
 ** Spin until 'j' ends or ISOLATE_SPIN_US have passed; true if it ended.
 ** A caller about to sleep until its job ends spins first: waking it costs
-** more than many a small isolate's whole run.  (Workers do not spin for
-** jobs: on a machine with few cores a spinning idle worker takes the core
-** that the running job needs, and measured slower.)
+** more than many a small isolate's whole run.  It spins only when a core
+** is free for it (fewer busy workers than cores, no job queued): else it
+** takes the core that a worker needs.  (Workers do not spin for jobs: on
+** a machine with few cores a spinning idle worker takes the core that the
+** running job needs, and measured slower.)
 */
 static int spin_until_ended (Job *j) {
   struct timespec t0, t;
