@@ -299,6 +299,25 @@ describe("names", function()
     assert.matches("aa$", s)
   end)
 
+  it("follow package.loaded as it changes between encodes", function()
+    local t, u = {1}, {2}
+    local function named(v) return (isolate.encode(v)):find("cache.test", 1, true) ~= nil end
+    assert.is_false(named(t))                 -- the map is made, t is no module
+    package.loaded["cache.test"] = t          -- a module comes
+    assert.is_true(named(t))
+    package.loaded["cache.test"] = u          -- same count, another table
+    assert.is_false(named(t))
+    assert.is_true(named(u))
+    package.loaded["cache.test"] = nil        -- a module goes
+    assert.is_false(named(u))
+    package.loaded["cache.test"] = t
+    package.loaded["cache.other.name"] = t    -- a longer second name: the best is kept
+    local s = isolate.encode(t)
+    package.loaded["cache.test"], package.loaded["cache.other.name"] = nil, nil
+    assert.matches("cache%.test$", s)
+    assert.is_false(named(t))
+  end)
+
   it("lets an isolate's finalizers run after its results are handed over, and start nothing", function()
     local marker = os.tmpname()
     local r = isolate.run(function(path)

@@ -1,9 +1,15 @@
 /*
 ** names.c: which values travel by name, and under which name (names.h).
 **
-** Tables: the map from a module table to its name is made once per encode,
-** when the encoder meets its first table: one pass over package.loaded,
-** which may change between encodes.  C functions: finding one means
+** Tables: the map from a module table to its name is kept across encodes
+** in the registry, with a copy of what package.loaded held when it was
+** made (from a state's second map on: an isolate's state often encodes
+** once).  The first table an encode meets checks that copy against
+** package.loaded (one pass of lookups, no allocation); the map is made
+** again only when a module came, went or changed.  Making it may ask
+** whether a name can be loaded (a file on the paths), so it is worth
+** keeping: a table known under two names (socket and socket.core) cost
+** 30 us per encode before.  C functions: finding one means
 ** looking through every field of every loaded module, so the answers are
 ** kept across encodes in a weak-keyed table of the registry; an answer is
 ** checked before use (package.loaded[module][field] must still be that
@@ -25,6 +31,9 @@
 
 static const char cfuncs_key = 0;	/* registry: C function -> name */
 static const char pins_key = 0;		/* registry: pinned table -> name */
+static const char tables_key = 0;	/* registry: module table -> name */
+static const char loaded_key = 0;	/* registry: name -> module table, as
+					   package.loaded was for tables_key */
 
 
 /*
@@ -163,19 +172,105 @@ void names_open (lua_State *L, Names *n) {
 }
 
 
-/* the map from module tables (and pinned tables) to their names */
-static void scan_tables (lua_State *L, Names *n) {
+/* the module tables of package.loaded, name -> table, with their count */
+static int ismodule (lua_State *L) {
+  return plainname(L, -2) && lua_type(L, -1) == LUA_TTABLE;
+}
+
+
+/*
+** Does the copy of package.loaded at 'copy' still hold what package.loaded
+** holds?  The copy has the module tables (weak values: a module that was
+** collected is gone from package.loaded too) and their count at [true].
+*/
+static int unchanged (lua_State *L, int copy) {
+  lua_Integer n = 0;
+  int same = 1;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushnil(L);
+  while (same && lua_next(L, -2)) {	/* name at -2, module at -1 */
+    if (ismodule(L)) {
+      n++;
+      lua_pushvalue(L, -2);
+      lua_rawget(L, copy);
+      same = lua_rawequal(L, -1, -2);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  if (!same) lua_pop(L, 1);		/* the key lua_next left */
+  lua_pushboolean(L, 1);
+  lua_rawget(L, copy);
+  same = same && lua_tointeger(L, -1) == n;
+  lua_pop(L, 2);
+  return same;
+}
+
+
+/* a new weak table in the registry at 'key', pushed */
+static void weaktable (lua_State *L, const void *key, const char *mode) {
   lua_newtable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushstring(L, mode);
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+}
+
+
+/*
+** The map from module tables (and pinned tables) to their names, into
+** n->tables: the registry's, or a new one when package.loaded changed.
+*/
+static void find_tables (lua_State *L, Names *n) {
+  lua_Integer count = 0;
+  int top = lua_gettop(L), copy;
+  isolate_checkstack(L, 10);
+  switch (lua_rawgetp(L, LUA_REGISTRYINDEX, &loaded_key)) {
+    case LUA_TTABLE:
+      if (unchanged(L, lua_gettop(L)) &&
+          lua_rawgetp(L, LUA_REGISTRYINDEX, &tables_key) == LUA_TTABLE) {
+        lua_replace(L, n->tables);
+        lua_settop(L, top);
+        return;
+      }
+      /* FALLTHROUGH */
+    case LUA_TBOOLEAN:		/* a second map: keep it */
+      lua_settop(L, top);
+      weaktable(L, &loaded_key, "v");
+      weaktable(L, &tables_key, "k");
+      break;
+    default:			/* the first map (of an isolate's state, often
+				   the only one): made for this encode alone */
+      lua_settop(L, top);
+      lua_pushboolean(L, 0);
+      lua_rawsetp(L, LUA_REGISTRYINDEX, &loaded_key);
+      lua_pushnil(L);
+      lua_newtable(L);
+  }
+  copy = top + 1;
   lua_replace(L, n->tables);
-  isolate_checkstack(L, 8);
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (lua_next(L, -2)) {	/* name at -2, module at -1 */
-    if (plainname(L, -2) && lua_type(L, -1) == LUA_TTABLE) {
+    if (ismodule(L)) {
+      count++;
+      if (!lua_isnil(L, copy)) {
+        lua_pushvalue(L, -2);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, copy);
+      }
       lua_pushvalue(L, -2);
       offer(L, n->tables);
     }
     else lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (!lua_isnil(L, copy)) {
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, count);
+    lua_rawset(L, copy);
   }
   lua_pop(L, 1);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pins_key) == LUA_TTABLE) {
@@ -198,18 +293,12 @@ static void scan_tables (lua_State *L, Names *n) {
 /* a fresh cache of the names of every C function of a loaded module */
 static void scan_cfuncs (lua_State *L, Names *n) {
   isolate_checkstack(L, 12);
-  lua_newtable(L);
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_pushvalue(L, -1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &cfuncs_key);
+  weaktable(L, &cfuncs_key, "k");
   lua_replace(L, n->cfuncs);
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (lua_next(L, -2)) {		/* module name at -2, module at -1 */
-    if (plainname(L, -2) && lua_type(L, -1) == LUA_TTABLE) {
+    if (ismodule(L)) {
       lua_pushnil(L);
       while (lua_next(L, -2)) {		/* field at -2, value at -1 */
         if (plainname(L, -2) && lua_iscfunction(L, -1)) {
@@ -251,7 +340,7 @@ static int holds (lua_State *L, int idx) {
 
 const char *names_find (lua_State *L, Names *n, int idx, size_t *len) {
   if (lua_type(L, idx) == LUA_TTABLE) {
-    if (lua_isnil(L, n->tables)) scan_tables(L, n);
+    if (lua_isnil(L, n->tables)) find_tables(L, n);
     lua_pushvalue(L, idx);
     if (lua_rawget(L, n->tables) == LUA_TSTRING)
       return lua_tolstring(L, -1, len);
@@ -291,5 +380,10 @@ void names_pin (lua_State *L, int idx, const char *module, const char *field) {
   lua_pushstring(L, field);
   lua_concat(L, 3);
   lua_rawset(L, -3);
+  lua_pop(L, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &loaded_key) == LUA_TTABLE) {
+    lua_pushboolean(L, 0);		/* the next encode makes the map again */
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &loaded_key);
+  }
   lua_pop(L, 1);
 }
