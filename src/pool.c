@@ -600,16 +600,15 @@ static lua_State *prepare (Pool *p, Worker *w) {
 }
 
 
-/* a fresh state for a job: from the stash (its preparer makes another), or new */
-static lua_State *fresh (Pool *p, Worker *w) {
-  lua_State *L = NULL;
-  pthread_mutex_lock(&p->mu);
-  if (p->nstash > 0) {
-    L = p->stash[--p->nstash];
-    pthread_cond_signal(&p->prep);
-  }
-  pthread_mutex_unlock(&p->mu);
-  return L != NULL ? L : prepare(p, w);
+/*
+** A fresh state of the stash for a job (its preparer makes another), or
+** NULL when it is empty: the job's thread prepares one itself then.
+** Mutex held.
+*/
+static lua_State *take_fresh (Pool *p) {
+  if (p->nstash == 0) return NULL;
+  pthread_cond_signal(&p->prep);
+  return p->stash[--p->nstash];
 }
 
 
@@ -620,6 +619,7 @@ static void *worker (void *arg) {
   begin(&w, p);
   for (;;) {
     Job *j;
+    lua_State *L;
     pthread_mutex_lock(&p->mu);
     while (p->head == NULL && !p->closing) {
       p->sleeping++;
@@ -631,8 +631,9 @@ static void *worker (void *arg) {
       break;
     }
     start(p, j);
+    L = take_fresh(p);
     pthread_mutex_unlock(&p->mu);
-    execute(p, j, fresh(p, &w), &w, 0);
+    execute(p, j, L != NULL ? L : prepare(p, &w), &w, 0);
   }
   end(p, &w);
   return NULL;
@@ -718,13 +719,15 @@ typedef struct Lent {
 static void *lent_thread (void *arg) {
   Lent lent = *(Lent *)arg;
   Worker w;
+  lua_State *L;
   free(arg);
   begin(&w, lent.pool);
   pthread_mutex_lock(&lent.pool->mu);
   lent.job->thread = pthread_self();
   lent.job->onthread = 1;
+  L = take_fresh(lent.pool);
   pthread_mutex_unlock(&lent.pool->mu);
-  execute(lent.pool, lent.job, fresh(lent.pool, &w), &w, 0);
+  execute(lent.pool, lent.job, L != NULL ? L : prepare(lent.pool, &w), &w, 0);
   end(lent.pool, &w);
   return NULL;
 }
@@ -1098,10 +1101,7 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
     if (atomic_load_explicit(&j->status, memory_order_relaxed) == JOB_QUEUED) {
       start(p, j);
       mine = 1;
-      if (p->nstash > 0) {
-        L = p->stash[--p->nstash];
-        pthread_cond_signal(&p->prep);
-      }
+      L = take_fresh(p);
       if (w->job != NULL && !isfinal(atomic_load(&w->job->status))) {
         w->job->inner = j;	/* so that cancelling the waiting job reaches it */
         j->outer = w->job;
