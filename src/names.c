@@ -6,7 +6,8 @@
 ** made (from a state's second map on: an isolate's state often encodes
 ** once).  The first table an encode meets checks that copy against
 ** package.loaded (one pass of lookups, no allocation); the map is made
-** again only when a module came, went or changed.  Making it may ask
+** again only when a module came, went or changed, or package.path,
+** package.cpath or package.preload did (they rank names).  Making it may ask
 ** whether a name can be loaded (a file on the paths), so it is worth
 ** keeping: a table known under two names (socket and socket.core) cost
 ** 30 us per encode before.  C functions: finding one means
@@ -172,20 +173,47 @@ void names_open (lua_State *L, Names *n) {
 }
 
 
-/* the module tables of package.loaded, name -> table, with their count */
-static int ismodule (lua_State *L) {
+static int ismodule (lua_State *L) {	/* name at -2, value at -1 */
   return plainname(L, -2) && lua_type(L, -1) == LUA_TTABLE;
 }
 
 
 /*
-** Does the copy of package.loaded at 'copy' still hold what package.loaded
-** holds?  The copy has the module tables (weak values: a module that was
-** collected is gone from package.loaded too) and their count at [true].
+** What decides a map besides package.loaded, pushed: package.path,
+** package.cpath and package.preload (the ranks of two names of a table).
+** (A file that appears on the paths later is seen when one of these, or
+** package.loaded, changes next.)
+*/
+#define NDEPS	3
+
+static void pushdeps (lua_State *L) {
+  static const char *const deps[NDEPS] = {"path", "cpath", "preload"};
+  int i, pkg;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushliteral(L, "package");
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  pkg = lua_gettop(L);
+  for (i = 0; i < NDEPS; i++) {
+    if (lua_istable(L, pkg)) {
+      lua_pushstring(L, deps[i]);
+      lua_rawget(L, pkg);
+    }
+    else lua_pushnil(L);
+  }
+  lua_remove(L, pkg);
+}
+
+
+/*
+** Does the copy at 'copy' still tell what package.loaded holds?  It has
+** the module tables by name (weak values: a module that was collected
+** is gone from package.loaded too), their count at [true], and the
+** values of pushdeps at [1..NDEPS].  A copy without a count is none.
 */
 static int unchanged (lua_State *L, int copy) {
   lua_Integer n = 0;
-  int same = 1;
+  int same = 1, i;
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (same && lua_next(L, -2)) {	/* name at -2, module at -1 */
@@ -201,35 +229,42 @@ static int unchanged (lua_State *L, int copy) {
   if (!same) lua_pop(L, 1);		/* the key lua_next left */
   lua_pushboolean(L, 1);
   lua_rawget(L, copy);
-  same = same && lua_tointeger(L, -1) == n;
+  same = same && lua_isinteger(L, -1) && lua_tointeger(L, -1) == n;
   lua_pop(L, 2);
+  pushdeps(L);
+  for (i = 1; i <= NDEPS; i++) {
+    lua_rawgeti(L, copy, i);
+    same = same && lua_rawequal(L, -1, -1 - (NDEPS - i + 1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, NDEPS);
   return same;
 }
 
 
-/* a new weak table in the registry at 'key', pushed */
-static void weaktable (lua_State *L, const void *key, const char *mode) {
+/* a new weak table, pushed */
+static void weaktable (lua_State *L, const char *mode) {
   lua_newtable(L);
   lua_createtable(L, 0, 1);
   lua_pushstring(L, mode);
   lua_setfield(L, -2, "__mode");
   lua_setmetatable(L, -2);
-  lua_pushvalue(L, -1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, key);
 }
 
 
 /*
 ** The map from module tables (and pinned tables) to their names, into
 ** n->tables: the registry's, or a new one when package.loaded changed.
+** A new map and its copy go to the registry once both are whole (a
+** memory error on the way leaves the old ones, which do not validate).
 */
 static void find_tables (lua_State *L, Names *n) {
   lua_Integer count = 0;
-  int top = lua_gettop(L), copy;
-  isolate_checkstack(L, 10);
+  int top = lua_gettop(L), copy, keep, i;
+  isolate_checkstack(L, 12);
   switch (lua_rawgetp(L, LUA_REGISTRYINDEX, &loaded_key)) {
     case LUA_TTABLE:
-      if (unchanged(L, lua_gettop(L)) &&
+      if (unchanged(L, top + 1) &&
           lua_rawgetp(L, LUA_REGISTRYINDEX, &tables_key) == LUA_TTABLE) {
         lua_replace(L, n->tables);
         lua_settop(L, top);
@@ -237,26 +272,25 @@ static void find_tables (lua_State *L, Names *n) {
       }
       /* FALLTHROUGH */
     case LUA_TBOOLEAN:		/* a second map: keep it */
-      lua_settop(L, top);
-      weaktable(L, &loaded_key, "v");
-      weaktable(L, &tables_key, "k");
+      keep = 1;
       break;
     default:			/* the first map (of an isolate's state, often
 				   the only one): made for this encode alone */
-      lua_settop(L, top);
-      lua_pushboolean(L, 0);
-      lua_rawsetp(L, LUA_REGISTRYINDEX, &loaded_key);
-      lua_pushnil(L);
-      lua_newtable(L);
+      keep = 0;
   }
+  lua_settop(L, top);
+  if (keep) weaktable(L, "v");
+  else lua_pushnil(L);
   copy = top + 1;
+  if (keep) weaktable(L, "k");
+  else lua_newtable(L);
   lua_replace(L, n->tables);
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (lua_next(L, -2)) {	/* name at -2, module at -1 */
     if (ismodule(L)) {
       count++;
-      if (!lua_isnil(L, copy)) {
+      if (keep) {
         lua_pushvalue(L, -2);
         lua_pushvalue(L, -2);
         lua_rawset(L, copy);
@@ -265,12 +299,6 @@ static void find_tables (lua_State *L, Names *n) {
       offer(L, n->tables);
     }
     else lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  if (!lua_isnil(L, copy)) {
-    lua_pushboolean(L, 1);
-    lua_pushinteger(L, count);
-    lua_rawset(L, copy);
   }
   lua_pop(L, 1);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pins_key) == LUA_TTABLE) {
@@ -287,13 +315,28 @@ static void find_tables (lua_State *L, Names *n) {
     }
   }
   lua_pop(L, 1);
+  if (keep) {
+    pushdeps(L);
+    for (i = NDEPS; i >= 1; i--) lua_rawseti(L, copy, i);
+    lua_pushboolean(L, 1);
+    lua_pushinteger(L, count);
+    lua_rawset(L, copy);
+    lua_pushvalue(L, n->tables);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &tables_key);
+    lua_pushvalue(L, copy);
+  }
+  else lua_pushboolean(L, 0);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &loaded_key);
+  lua_settop(L, top);
 }
 
 
 /* a fresh cache of the names of every C function of a loaded module */
 static void scan_cfuncs (lua_State *L, Names *n) {
   isolate_checkstack(L, 12);
-  weaktable(L, &cfuncs_key, "k");
+  weaktable(L, "k");
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &cfuncs_key);
   lua_replace(L, n->cfuncs);
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
