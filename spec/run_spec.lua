@@ -318,6 +318,27 @@ describe("names", function()
     assert.is_false(named(t))
   end)
 
+  it("rank names again when package.path changes", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    local t, path = {}, package.path
+    package.loaded["zzrankreal"], package.loaded.ab = t, t
+    local function name() return isolate.encode(t):find("zzrankreal", 1, true) and "real" or "alias" end
+    local before = {name(), name()}            -- the first map, then the kept one
+    local f = assert(io.open(dir .. "/zzrankreal.lua", "w"))
+    f:write("return {inside = true}")
+    f:close()
+    package.path = dir .. "/?.lua;" .. path     -- now the real name loads
+    local after = name()
+    package.path = path
+    package.loaded["zzrankreal"], package.loaded.ab = nil, nil
+    os.remove(dir .. "/zzrankreal.lua")
+    os.remove(dir)
+    assert.same({"alias", "alias"}, before)     -- neither loads: the shorter
+    assert.equal("real", after)
+  end)
+
   it("lets an isolate's finalizers run after its results are handed over, and start nothing", function()
     local marker = os.tmpname()
     local r = isolate.run(function(path)
