@@ -8,7 +8,7 @@ CC ?= cc
 CFLAGS ?= -O2 -g
 WARN = -std=c11 -Wall -Wextra -pedantic -Wshadow -Wmissing-prototypes
 BUILD = build
-SRC = src/core.c src/codec.c src/names.c src/message.c src/buffer.c src/pool.c src/state.c
+SRC = src/core.c src/codec.c src/names.c src/message.c src/buffer.c src/mailbox.c src/pool.c src/state.c
 HDR = $(wildcard src/*.h)
 
 .PHONY: all test asan tsan valgrind fuzz bench stress demo clean

@@ -34,7 +34,7 @@ build = {
       ["isolate"] = "lua/isolate/init.lua",
       ["isolate.core"] = {
          sources = { "src/core.c", "src/codec.c", "src/names.c", "src/message.c",
-                     "src/buffer.c", "src/pool.c", "src/state.c" },
+                     "src/buffer.c", "src/mailbox.c", "src/pool.c", "src/state.c" },
          incdirs = { "src" },
          libraries = { "pthread" },
       },

@@ -3,6 +3,7 @@
 */
 #define _GNU_SOURCE		/* dladdr */
 #include <dlfcn.h>
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -16,6 +17,7 @@
 #include "isolate.h"
 #include "buffer.h"
 #include "codec.h"
+#include "mailbox.h"
 #include "message.h"
 #include "names.h"
 #include "pool.h"
@@ -36,7 +38,9 @@
 ** (a finalizer can run during any allocation of the decoder), not an
 ** explicit __gc.  The decoded outcome is user value 1: a table {n = n,
 ** ...} of the results, or the RemoteError.  A task holds a reference to
-** its pool while it holds its job.
+** its pool while it holds its job.  The messages of a spawned task that
+** were not received when it let go of its job move to the task, with
+** the descriptor that its caller polls.
 */
 typedef struct Task {
   Job *job;			/* NULL once its output is taken, or after __gc */
@@ -45,6 +49,8 @@ typedef struct Task {
   JobStatus status;		/* final once taken */
   unsigned long endseq;		/* the job's, once taken */
   int quiet;			/* a chunk of a map: its failure is map's to tell */
+  int closed;			/* __gc ran */
+  Mailbox mail;			/* once the job is let go */
 } Task;
 
 typedef struct Output {
@@ -100,8 +106,9 @@ static Output *getoutput (lua_State *L, int ti) {
 }
 
 
-/* the task let go of its job (it keeps its pool until __gc) */
+/* the task let go of its job (it keeps its pool until __gc) and has its mail */
 static void letgo (Task *t) {
+  job_take_mail(t->pool, t->job, &t->mail);
   job_release(t->pool, t->job);
   t->job = NULL;
 }
@@ -279,8 +286,10 @@ static void lifecycle (lua_State *L) {
 */
 static int task_gc (lua_State *L) {
   Task *t = checktask(L, 1);
+  t->closed = 1;
   if (t->job != NULL) {
     JobStatus s = job_status(t->pool, t->job);
+    job_listen(t->pool, t->job, 0);	/* nobody can receive its messages now */
     if (s == JOB_FAILED && !t->quiet) {
       Buffer record = BUFFER_INIT;
       job_take_output(t->job, &record);
@@ -297,6 +306,7 @@ static int task_gc (lua_State *L) {
     pool_release(t->pool);
     t->pool = NULL;
   }
+  mailbox_free(&t->mail);
   return 0;			/* a failure taken: its Output warns */
 }
 
@@ -314,11 +324,13 @@ static Pool *defaultpool (lua_State *L) {
 ** A new task of pool 'p', queued, with its input written by 'put' from the
 ** values of the stack above 'base', which it replaces.  The Task userdata owns the job from
 ** its birth, so an error while encoding (a value that cannot travel) frees
-** it through __gc.
+** it through __gc.  With 'here' (run), the caller may run it on its own
+** thread; with 'listen' (spawn), its messages are kept for its caller.
 */
 typedef void (*PutInput) (lua_State *L, Buffer *b, void *ud);
 
-static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here, int base) {
+static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here,
+                     int listen, int base) {
   int depth = state_depth(L) + 1;
   const char *why;
   Task *t;
@@ -331,6 +343,7 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here, in
   t = (Task *)lua_newuserdatauv(L, sizeof(Task), 2);
   memset(t, 0, sizeof(Task));
   t->status = JOB_NEW;
+  t->mail.bell.rfd = t->mail.bell.wfd = -1;
   luaL_setmetatable(L, ISOLATE_TASK);
   if ((t->job = job_new(depth)) == NULL) {
     lua_pushliteral(L, "not enough memory");
@@ -338,6 +351,7 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here, in
   }
   t->pool = p;
   pool_retain(p);
+  if (listen) job_listen(p, t->job, 1);
   lua_insert(L, base + 1);	/* below the values 'put' reads */
   put(L, job_input(t->job), ud);
   lua_settop(L, base + 1);
@@ -650,6 +664,103 @@ static int task_done (lua_State *L) {
 }
 
 
+/*
+** {------------------------------------------------------
+** Waiting in an event loop, and messages
+** -------------------------------------------------------
+*/
+
+static void notclosed (lua_State *L, Task *t) {
+  if (t->closed) luaL_error(L, "isolate: task is closed");
+}
+
+
+/* a descriptor that is readable while the task has a message or has ended */
+static int task_pollfd (lua_State *L) {
+  Task *t = checktask(L, 1);
+  int fd;
+  notclosed(L, t);
+  fd = t->job != NULL ? job_pollfd(t->pool, t->job) : mailbox_fd(&t->mail);
+  if (fd < 0)
+    luaL_error(L, "isolate: cannot make a descriptor for task %I: %s",
+               (LUAI_UACINT)t->id, strerror(errno));
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
+
+/* the cqueues pollable protocol: readable, no timeout of its own */
+static int task_events (lua_State *L) {
+  checktask(L, 1);
+  lua_pushliteral(L, "r");
+  return 1;
+}
+
+static int task_timeout (lua_State *L) {
+  checktask(L, 1);
+  lua_pushnil(L);
+  return 1;
+}
+
+
+/* messages emitted and not received yet */
+static int task_pending (lua_State *L) {
+  Task *t = checktask(L, 1);
+  notclosed(L, t);
+  lua_pushinteger(L, (lua_Integer)(t->job != NULL ? job_pending(t->pool, t->job) : t->mail.n));
+  return 1;
+}
+
+
+/*
+** receive([timeout]): the values of the oldest message not received yet,
+** waiting for one; nothing once the task has ended and every message was
+** received; a TimeoutError when none came in time.  A nested isolate
+** that waits for the messages of a task still queued runs it itself, as
+** await would (its messages wait for it to end then).
+*/
+static int task_receive (lua_State *L) {
+  Task *t = checktask(L, 1);
+  double timeout = opttimeout(L, 2);
+  double deadline = timeout >= 0 ? now() + timeout : 0;
+  Watch w = WATCH_INIT;
+  Buffer *b;
+  Reader r;
+  int got;
+  lua_settop(L, 1);
+  b = buffer_push(L);
+  for (;;) {
+    long ms = ISOLATE_WAIT_MS;
+    watch(L, &w, 0);
+    notclosed(L, t);
+    if (t->job == NULL) {
+      got = mailbox_take(&t->mail, b);
+      break;
+    }
+    if (timeout >= 0) {
+      double left = deadline - now();
+      if (left < (double)ms / 1000) ms = left > 0 ? (long)(left * 1000) : 0;
+    }
+    if (!state_ismain(L) && job_status(t->pool, t->job) == JOB_QUEUED)
+      pool_wait(t->pool, t->job, 0, 1);
+    if ((got = job_receive(t->pool, t->job, b, ms)) >= 0) break;
+    state_checkcancel(L);
+    if (timeout >= 0 && now() >= deadline) {
+      lua_pushfstring(L, "isolate: no message from task %I within %f seconds",
+                      (LUAI_UACINT)t->id, (LUAI_UACNUMBER)timeout);
+      return timedout(L, timeout);
+    }
+  }
+  if (!got) return 0;
+  reader_init(&r, b);
+  got = codec_decode(L, &r, CODEC_TRUSTED);
+  buffer_free(b);
+  return got;
+}
+
+/* }------------------------------------------------------ */
+
+
 /* "isolate.Task 7 (running)", with its pool's name if it has one */
 static int task_tostring (lua_State *L) {
   Task *t = checktask(L, 1);
@@ -844,7 +955,7 @@ static int l_chunk (lua_State *L) {
   lua_insert(L, 1);		/* tasks, pool, fn, list */
   lua_settop(L, 4);
   c.list = 5;			/* above the task that submit inserts at 2 */
-  submit(L, p, putchunk, &c, 0, 1)->quiet = 1;
+  submit(L, p, putchunk, &c, 0, 0, 1)->quiet = 1;
   lua_rawseti(L, 1, luaL_len(L, 1) + 1);	/* no Lua code runs in between */
   return 0;
 }
@@ -969,7 +1080,7 @@ static int pool_run (lua_State *L) {
   static int first = 2;
   Pool *p = checkpool(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  submit(L, p, putcall, &first, 1, 0);
+  submit(L, p, putcall, &first, 1, 0, 0);
   return collect(L, 1, 0, -1, 1);
 }
 
@@ -978,7 +1089,7 @@ static int pool_spawn (lua_State *L) {
   static int first = 2;
   Pool *p = checkpool(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  submit(L, p, putcall, &first, 0, 0);
+  submit(L, p, putcall, &first, 0, 1, 0);
   return 1;
 }
 
@@ -1084,7 +1195,7 @@ static int l_stats (lua_State *L) {
 static int l_run (lua_State *L) {
   static int first = 1;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  submit(L, defaultpool(L), putcall, &first, 1, 0);
+  submit(L, defaultpool(L), putcall, &first, 1, 0, 0);
   return collect(L, 1, 0, -1, 1);
 }
 
@@ -1092,7 +1203,7 @@ static int l_run (lua_State *L) {
 static int l_spawn (lua_State *L) {
   static int first = 1;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  submit(L, defaultpool(L), putcall, &first, 0, 0);
+  submit(L, defaultpool(L), putcall, &first, 0, 1, 0);
   return 1;
 }
 
@@ -1106,6 +1217,34 @@ static int l_stderrtty (lua_State *L) {
 
 static int l_exit (lua_State *L) {
   return state_exit(L, lua_gettop(L));
+}
+
+
+/*
+** emit(v, ...): inside a task, a message to its caller, encoded as results
+** are.  True if it was queued for the caller; false if nobody can receive
+** it (the task was started by run or map, or its handle is gone).  It
+** waits while the caller has ISOLATE_MAILBOX_* unread (pool.c says when
+** not); a cancel ends the wait, and the isolate.
+*/
+static int l_emit (lua_State *L) {
+  int n = lua_gettop(L), r;
+  void *pool, *job;
+  Buffer *b;
+  if (!state_job(L, &pool, &job))
+    luaL_error(L, "isolate.emit: not inside a task (a spawned task sends to its caller)");
+  luaL_argcheck(L, !lua_isnoneornil(L, 1), 1,
+                "a message's first value must not be nil (nil ends a receive loop)");
+  b = buffer_push(L);
+  codec_encode(L, b, 1, n, ROLE_VALUE);
+  r = job_emit((Pool *)pool, (Job *)job, b);
+  if (r == -1) state_checkcancel(L);
+  if (r == -2) {
+    lua_pushliteral(L, "not enough memory");
+    lua_error(L);
+  }
+  lua_pushboolean(L, r == 1);
+  return 1;
 }
 
 
@@ -1211,6 +1350,11 @@ static void pin_library (void) {
 
 
 static const luaL_Reg task_methods[] = {
+  {"pollfd", task_pollfd},
+  {"events", task_events},
+  {"timeout", task_timeout},
+  {"pending", task_pending},
+  {"receive", task_receive},
   {"await", task_await},
   {"wait", task_wait},
   {"result", task_result},
@@ -1250,6 +1394,7 @@ static const luaL_Reg funcs[] = {
   {"stats", l_stats},
   {"unusable", l_unusable},
   {"exit", l_exit},
+  {"emit", l_emit},
   {"ismain", l_ismain},
   {"name", l_name},
   {"cpus", l_cpus},

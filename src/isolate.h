@@ -95,6 +95,18 @@
 #define ISOLATE_MAXCHUNK	65536
 #endif
 
+/*
+** A task's messages that its caller has not received yet: past either
+** count, isolate.emit waits for the caller to read (unless nobody can, or
+** somebody waits for the task's end instead).
+*/
+#if !defined(ISOLATE_MAILBOX_MESSAGES)
+#define ISOLATE_MAILBOX_MESSAGES	1000
+#endif
+#if !defined(ISOLATE_MAILBOX_BYTES)
+#define ISOLATE_MAILBOX_BYTES	(8u << 20)
+#endif
+
 /* most threads in one pool */
 #if !defined(ISOLATE_MAXPOOL)
 #define ISOLATE_MAXPOOL		1024

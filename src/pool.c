@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "isolate.h"
+#include "mailbox.h"
 #include "message.h"
 #include "pool.h"
 #include "state.h"
@@ -58,9 +59,14 @@ struct Job {
   atomic_ulong endseq;		/* when it ended, among all jobs (0: not yet) */
   unsigned long epoch;		/* the process' epoch when it was submitted */
   int depth;			/* nesting of its isolate */
-  pthread_cond_t ended;		/* broadcast when status becomes final */
+  pthread_cond_t ended;		/* broadcast when status becomes final, when a
+				   message comes or goes, and on a cancel */
   Buffer in;			/* package paths, then the function and arguments */
   Buffer out;			/* results, or the failure record */
+  Mailbox mail;			/* its messages, not received yet; its bell */
+  int listened;			/* somebody may receive its messages */
+  int waiters;			/* callers blocked until it ends, and end sets */
+  struct Watch *watches;	/* end sets to tell of its end */
 };
 
 typedef struct Worker Worker;
@@ -168,6 +174,19 @@ static int job_ended (Job *j) {
   return isfinal(atomic_load_explicit(&j->status, memory_order_acquire));
 }
 
+/* the monotonic time 'ms' milliseconds from now (pthread_cond_timedwait) */
+static void deadline_in (struct timespec *t, long ms) {
+  clock_gettime(CLOCK_MONOTONIC, t);
+  t->tv_sec += ms / 1000;
+  t->tv_nsec += (ms % 1000) * 1000000L;
+  if (t->tv_nsec >= 1000000000L) {
+    t->tv_sec++;
+    t->tv_nsec -= 1000000000L;
+  }
+}
+
+static int finished (Pool *p, Job *j);
+
 
 /*
 ** Spin until 'j' ends or ISOLATE_SPIN_US have passed; true if it ended.
@@ -220,6 +239,7 @@ Job *job_new (int depth) {
   }
   j->refs = 1;
   j->depth = depth;
+  j->mail.bell.rfd = j->mail.bell.wfd = -1;
   atomic_init(&j->status, JOB_NEW);
   atomic_init(&j->cancel, 0);
   atomic_init(&j->endseq, 0);
@@ -247,6 +267,162 @@ void job_take_output (Job *j, Buffer *dst) {
 }
 
 
+/*
+** {------------------------------------------------------
+** End sets: one bell for the ends of many jobs
+** -------------------------------------------------------
+*/
+
+/*
+** A job in an end set has a Watch in its list of watches; when it ends,
+** the watch moves to the set's list of ended jobs, in the order they end,
+** and the set's bell rings until that list is empty.  A set has its own
+** mutex, taken under a pool's (a job ends under its pool's mutex), and
+** is counted by references: its owner's, and each watch's.
+*/
+typedef struct Watch {
+  struct Watch *next;		/* in its job's list, then in its set's */
+  Endset *set;
+  void *key;			/* what the owner knows the job by */
+} Watch;
+
+struct Endset {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;		/* broadcast when a job ends */
+  Bell bell;			/* rings while 'ended' is not empty */
+  Watch *ended, *last;		/* jobs that ended, not taken yet */
+  int refs;
+  int owned;			/* its owner has not let go */
+};
+
+
+Endset *endset_new (void) {
+  Endset *s = (Endset *)calloc(1, sizeof(Endset));
+  pthread_condattr_t ca;
+  if (s == NULL) return NULL;
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&s->cv, &ca);
+  pthread_condattr_destroy(&ca);
+  s->bell.rfd = s->bell.wfd = -1;
+  s->refs = s->owned = 1;
+  return s;
+}
+
+
+/* one reference less ('s' locked; unlocked on return, maybe freed) */
+static void endset_unref (Endset *s) {
+  int last = --s->refs == 0;
+  pthread_mutex_unlock(&s->mu);
+  if (last) {
+    bell_close(&s->bell);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+  }
+}
+
+
+/* 'w' ended: into its set's list, or freed if nobody owns the set */
+static void endset_put (Watch *w) {
+  Endset *s = w->set;
+  pthread_mutex_lock(&s->mu);
+  if (!s->owned) {
+    free(w);
+    endset_unref(s);
+    return;
+  }
+  w->next = NULL;
+  if (s->last == NULL) s->ended = w;
+  else s->last->next = w;
+  s->last = w;
+  bell_set(&s->bell, 1);
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+}
+
+
+/* mutex held: 'j' has ended, its sets are told */
+static void tell (Job *j) {
+  while (j->watches != NULL) {
+    Watch *w = j->watches;
+    j->watches = w->next;
+    j->waiters--;
+    endset_put(w);
+  }
+}
+
+
+void endset_release (Endset *s) {
+  pthread_mutex_lock(&s->mu);
+  s->owned = 0;
+  while (s->ended != NULL) {
+    Watch *w = s->ended;
+    s->ended = w->next;
+    free(w);
+    s->refs--;			/* (never the last: the owner's is left) */
+  }
+  s->last = NULL;
+  endset_unref(s);
+}
+
+
+int endset_add (Endset *s, Pool *p, Job *j, void *key) {
+  Watch *w = (Watch *)malloc(sizeof(Watch));
+  if (w == NULL) return 0;
+  w->set = s;
+  w->key = key;
+  pthread_mutex_lock(&s->mu);
+  s->refs++;
+  pthread_mutex_unlock(&s->mu);
+  finished(p, j);		/* (a job of a forked parent has ended) */
+  pthread_mutex_lock(&p->mu);
+  if (job_ended(j)) endset_put(w);
+  else {
+    w->next = j->watches;
+    j->watches = w;
+    j->waiters++;
+    if (mailbox_full(&j->mail)) pthread_cond_broadcast(&j->ended);	/* an emit */
+  }
+  pthread_mutex_unlock(&p->mu);
+  return 1;
+}
+
+
+int endset_fd (Endset *s) {
+  int fd;
+  pthread_mutex_lock(&s->mu);
+  fd = bell_fd(&s->bell);
+  pthread_mutex_unlock(&s->mu);
+  return fd;
+}
+
+
+void *endset_take (Endset *s, long ms) {
+  void *key = NULL;
+  pthread_mutex_lock(&s->mu);
+  if (s->ended == NULL && ms != 0) {
+    struct timespec deadline;
+    deadline_in(&deadline, ms);
+    while (s->ended == NULL &&
+           pthread_cond_timedwait(&s->cv, &s->mu, &deadline) != ETIMEDOUT) ;
+  }
+  if (s->ended != NULL) {
+    Watch *w = s->ended;
+    if ((s->ended = w->next) == NULL) s->last = NULL;
+    key = w->key;
+    free(w);
+    s->refs--;
+    bell_set(&s->bell, s->ended != NULL);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return key;
+}
+
+/* }------------------------------------------------------ */
+
+
 /* the job has ended: count it, tell its waiters; mutex held */
 static void publish (Pool *p, Job *j, JobStatus status) {
   if (j->outer != NULL) {
@@ -258,6 +434,8 @@ static void publish (Pool *p, Job *j, JobStatus status) {
     j->inner = NULL;
   }
   atomic_store_explicit(&j->status, status, memory_order_release);
+  mailbox_end(&j->mail);
+  tell(j);
   if (status == JOB_DONE) p->done++;
   else if (status == JOB_FAILED) p->failed++;
   else p->cancelled++;
@@ -293,6 +471,7 @@ static void job_unref (Pool *p, Job *j) {	/* mutex held */
   if (--j->refs == 0) {
     buffer_free(&j->in);
     buffer_free(&j->out);
+    mailbox_free(&j->mail);
     if (j->epoch == epoch)	/* see lose() */
       pthread_cond_destroy(&j->ended);
     free(j);
@@ -384,6 +563,7 @@ static int cancel (Pool *p, Job *j) {
     if (j->inner != NULL) cancel(p, j->inner);
     if (j->onthread && cancel_signal != 0)
       pthread_kill(j->thread, cancel_signal);	/* it sees the flag then */
+    pthread_cond_broadcast(&j->ended);	/* an emit that waits for room */
   }
   return 1;
 }
@@ -396,6 +576,106 @@ int job_cancel (Pool *p, Job *j) {
   pthread_mutex_unlock(&p->mu);
   return asked;
 }
+
+
+/*
+** {------------------------------------------------------
+** Messages
+** -------------------------------------------------------
+*/
+
+/*
+** A job's messages queue up to the mailbox's limit while somebody may
+** receive them (a spawned task's handle: job_listen), and the emitter
+** waits for room past it, unless somebody waits for the job's end
+** instead (a caller in pool_wait, an end set): that caller reads them
+** after the end, if ever, and the job must get there.  Nobody listening,
+** they are dropped.
+*/
+void job_listen (Pool *p, Job *j, int on) {
+  pthread_mutex_lock(&p->mu);
+  j->listened = on;
+  if (!on) {
+    mailbox_clear(&j->mail);
+    if (j->epoch == epoch) pthread_cond_broadcast(&j->ended);	/* see lose() */
+  }
+  pthread_mutex_unlock(&p->mu);
+}
+
+
+int job_pollfd (Pool *p, Job *j) {
+  int fd;
+  finished(p, j);
+  pthread_mutex_lock(&p->mu);
+  fd = mailbox_fd(&j->mail);
+  pthread_mutex_unlock(&p->mu);
+  return fd;
+}
+
+
+int job_emit (Pool *p, Job *j, Buffer *msg) {
+  int r = 1;
+  pthread_mutex_lock(&p->mu);
+  while (j->listened && j->waiters == 0 && mailbox_full(&j->mail) &&
+         !atomic_load(&j->cancel)) {
+    struct timespec deadline;
+    deadline_in(&deadline, ISOLATE_WAIT_MS);
+    pthread_cond_timedwait(&j->ended, &p->mu, &deadline);
+  }
+  if (atomic_load(&j->cancel)) r = -1;
+  else if (!j->listened) r = 0;
+  else if (!mailbox_put(&j->mail, msg)) r = -2;
+  else if (j->epoch == epoch) pthread_cond_broadcast(&j->ended);
+  pthread_mutex_unlock(&p->mu);
+  buffer_free(msg);		/* (left empty when it was put) */
+  return r;
+}
+
+
+int job_receive (Pool *p, Job *j, Buffer *dst, long ms) {
+  int r;
+  struct timespec deadline;
+  finished(p, j);
+  if (ms > 0) deadline_in(&deadline, ms);
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    int full = mailbox_full(&j->mail);
+    if (mailbox_take(&j->mail, dst)) {
+      if (full) pthread_cond_broadcast(&j->ended);	/* room for an emit */
+      r = 1;
+      break;
+    }
+    if (job_ended(j)) {
+      r = 0;
+      break;
+    }
+    if (ms <= 0 ||
+        pthread_cond_timedwait(&j->ended, &p->mu, &deadline) == ETIMEDOUT) {
+      r = mailbox_take(&j->mail, dst) ? 1 : job_ended(j) ? 0 : -1;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&p->mu);
+  return r;
+}
+
+
+size_t job_pending (Pool *p, Job *j) {
+  size_t n;
+  pthread_mutex_lock(&p->mu);
+  n = j->mail.n;
+  pthread_mutex_unlock(&p->mu);
+  return n;
+}
+
+
+void job_take_mail (Pool *p, Job *j, Mailbox *dst) {
+  pthread_mutex_lock(&p->mu);
+  mailbox_move(dst, &j->mail);
+  pthread_mutex_unlock(&p->mu);
+}
+
+/* }------------------------------------------------------ */
 
 
 /* mutex held: inits under way stop (their states will run no job) */
@@ -554,6 +834,8 @@ static void execute (Pool *p, Job *j, lua_State *L, Worker *w, int handoff) {
   run.cancel = &j->cancel;
   Job *waiting = w->job;
   run.shown = &w->shown;
+  run.pool = p;
+  run.job = j;
   w->job = j;
   ok = state_run(L, &j->in, &j->out, &run);
   w->job = waiting;
@@ -594,6 +876,7 @@ static lua_State *prepare (Pool *p, Worker *w) {
     run.depth = 1;
     run.cancel = &p->stopinit;
     run.shown = &w->shown;
+    run.pool = run.job = NULL;
     state_init(L, &p->init, &run);
   }
   return L;
@@ -1011,17 +1294,6 @@ void pool_release (Pool *p) {
 }
 
 
-static void deadline_in (struct timespec *t, long ms) {
-  clock_gettime(CLOCK_MONOTONIC, t);
-  t->tv_sec += ms / 1000;
-  t->tv_nsec += (ms % 1000) * 1000000L;
-  if (t->tv_nsec >= 1000000000L) {
-    t->tv_sec++;
-    t->tv_nsec -= 1000000000L;
-  }
-}
-
-
 int pool_close (Pool *p, long ms) {
   struct timespec deadline;
   int gone;
@@ -1088,6 +1360,13 @@ int pool_submit (Pool *p, Job *j) {
 }
 
 
+static void job_unwait (Pool *p, Job *j) {
+  pthread_mutex_lock(&p->mu);
+  j->waiters--;
+  pthread_mutex_unlock(&p->mu);
+}
+
+
 int pool_wait (Pool *p, Job *j, long ms, int runs) {
   lua_State *L = NULL;
   Worker *w;
@@ -1108,14 +1387,17 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
         if (atomic_load(&w->job->cancel)) cancel(p, j);
       }
     }
+    j->waiters += mine;		/* it cannot read the job's messages meanwhile */
     pthread_mutex_unlock(&p->mu);
     if (mine) {		/* drops the queue's reference; the caller's remains */
       if (stack_left(w) >= ISOLATE_INLINE_STACK) {
         execute(p, j, L != NULL ? L : prepare(p, w), w, 0);
+        job_unwait(p, j);
         return 1;
       }
       state_close(L);		/* (the lent thread makes its own) */
       lend(p, j);
+      job_unwait(p, j);
     }
   }
   pthread_mutex_lock(&p->mu);
@@ -1124,8 +1406,14 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
   if (spins && spin_until_ended(j)) return 1;	/* a poll only looks */
   deadline_in(&deadline, ms);
   pthread_mutex_lock(&p->mu);
-  while (!(ended = job_ended(j)) &&
-         pthread_cond_timedwait(&j->ended, &p->mu, &deadline) != ETIMEDOUT) ;
+  if (!job_ended(j)) {
+    if (j->waiters++ == 0 && mailbox_full(&j->mail))
+      pthread_cond_broadcast(&j->ended);	/* an emit waits no more */
+    while (!(ended = job_ended(j)) &&
+           pthread_cond_timedwait(&j->ended, &p->mu, &deadline) != ETIMEDOUT) ;
+    j->waiters--;
+  }
+  else ended = 1;
   pthread_mutex_unlock(&p->mu);
   return ended;
 }

@@ -15,6 +15,7 @@
 #include <stddef.h>
 
 #include "buffer.h"
+#include "mailbox.h"
 
 typedef enum JobStatus {
   JOB_NEW, JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELLED
@@ -72,6 +73,46 @@ void job_release (Pool *p, Job *j);
 ** True if the request came before the job ended: it ends cancelled.
 */
 int job_cancel (Pool *p, Job *j);
+
+/*
+** A job's messages (isolate.emit): 'on' when somebody may receive them
+** (a spawned task), else they are dropped (those held too).
+*/
+void job_listen (Pool *p, Job *j, int on);
+/*
+** From the isolate that runs 'j': queue the message 'msg' (moved, freed
+** in any case), after waiting for room if the mailbox is full and its
+** caller may read it.  1: queued; 0: dropped (nobody listens); -1: the
+** job was cancelled; -2: no memory.
+*/
+int job_emit (Pool *p, Job *j, Buffer *msg);
+/*
+** Move the oldest message of 'j' into 'dst', waiting up to 'ms' ms for
+** one: 1 if it did; 0 if none will come (the job has ended); -1 if none
+** came in time.
+*/
+int job_receive (Pool *p, Job *j, Buffer *dst, long ms);
+/* the messages of 'j' not received yet */
+size_t job_pending (Pool *p, Job *j);
+/* the descriptor that is readable while 'j' has a message or has ended; -1 and errno */
+int job_pollfd (Pool *p, Job *j);
+/* once 'j' has ended: move its messages and descriptor to 'dst' */
+void job_take_mail (Pool *p, Job *j, Mailbox *dst);
+
+/*
+** An end set: one descriptor, readable while some of the jobs added to
+** it have ended and were not taken yet.  The owner (who makes it) lets
+** go of it with endset_release; jobs still running hold it until they end.
+*/
+typedef struct Endset Endset;
+Endset *endset_new (void);
+void endset_release (Endset *s);
+/* add 'j', known as 'key' (0: no memory); a job that has ended is ready at once */
+int endset_add (Endset *s, Pool *p, Job *j, void *key);
+/* its descriptor (-1 and errno) */
+int endset_fd (Endset *s);
+/* the key of the job that ended first among those not taken, waiting up to 'ms' ms; NULL: none */
+void *endset_take (Endset *s, long ms);
 
 /* queue 'j' (0: the pool takes no jobs, see pool_unusable) */
 int pool_submit (Pool *p, Job *j);

@@ -174,6 +174,7 @@ typedef struct Isolate {
   const char *name;		/* the pool's, or NULL */
   int depth;			/* 1 for an isolate that a caller started */
   const atomic_int *cancel;	/* the job's cancel request (NULL: none) */
+  void *pool, *job;		/* the job's, while it runs (NULL: none) */
   lua_State *volatile running;	/* the thread that runs now (NULL: the main one) */
   lua_Integer index;		/* map: the list index of the item being run */
   size_t limit, used;		/* bytes of heap allowed (0: no limit) and used */
@@ -254,6 +255,15 @@ static Isolate *current (lua_State *L) {
 
 int state_ismain (lua_State *L) {
   return current(L) == NULL;
+}
+
+
+int state_job (lua_State *L, void **pool, void **job) {
+  Isolate *iso = current(L);
+  if (iso == NULL || iso->job == NULL) return 0;
+  *pool = iso->pool;
+  *job = iso->job;
+  return 1;
 }
 
 
@@ -986,6 +996,8 @@ int state_run (lua_State *L, Buffer *in, Buffer *out, const StateRun *run) {
   iso->name = run->name;
   iso->depth = run->depth;
   iso->cancel = run->cancel;
+  iso->pool = run->pool;
+  iso->job = run->job;
   iso->failat = atomic_exchange(&failalloc, 0);
   atomic_store_explicit(run->shown, L, memory_order_relaxed);	/* for cancel */
   atomic_signal_fence(memory_order_seq_cst);
@@ -1006,6 +1018,7 @@ int state_run (lua_State *L, Buffer *in, Buffer *out, const StateRun *run) {
   atomic_store_explicit(run->shown, NULL, memory_order_relaxed);
   atomic_signal_fence(memory_order_seq_cst);
   iso->cancel = NULL;		/* the job goes: its finalizers run without it */
+  iso->pool = iso->job = NULL;
  done:
   buffer_free(in);		/* if body did not get that far */
   return ok;

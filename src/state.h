@@ -24,6 +24,7 @@ typedef struct StateRun {
   int depth;			/* nesting: 1 for an isolate a caller started */
   const atomic_int *cancel;	/* becomes true when the job is cancelled */
   lua_State *_Atomic *shown;	/* where the state is shown while its job runs */
+  void *pool, *job;		/* the job's (pool.h), for its messages; NULL in an init */
 } StateRun;
 
 /*
@@ -56,6 +57,9 @@ void state_checkcancel (lua_State *L);
 
 /* inside an isolate: end it now with the 'n' values on top as results */
 int state_exit (lua_State *L, int n);
+
+/* inside an isolate's job: its pool and job (pool.h), for isolate.emit; else 0 */
+int state_job (lua_State *L, void **pool, void **job);
 
 /* is 'L' an isolate's state that closes (its finalizers run)? */
 int state_closing (lua_State *L);

@@ -1,0 +1,161 @@
+/*
+** mailbox.c: bells that event loops poll, and the messages of a task
+** (mailbox.h).
+*/
+#define _GNU_SOURCE		/* pipe2 */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/eventfd.h>
+#endif
+
+#include "isolate.h"
+#include "mailbox.h"
+
+
+/*
+** {======================================================
+** Bells
+** =======================================================
+*/
+
+int bell_fd (Bell *b) {
+  if (b->rfd < 0) {
+    int ringing = b->ringing;
+#if defined(__linux__)
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0) return -1;
+    b->rfd = b->wfd = fd;
+#else
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return -1;
+    b->rfd = fds[0];
+    b->wfd = fds[1];
+#endif
+    b->ringing = 0;
+    bell_set(b, ringing);
+  }
+  return b->rfd;
+}
+
+
+void bell_set (Bell *b, int ringing) {
+  ringing = ringing != 0;
+  if (b->rfd >= 0 && ringing != b->ringing) {
+    if (ringing) {
+      uint64_t one = 1;		/* (one byte of it for a pipe) */
+      ssize_t r;
+      do r = write(b->wfd, &one, b->rfd == b->wfd ? sizeof(one) : 1);
+      while (r < 0 && errno == EINTR);
+    }
+    else {
+      uint64_t v;
+      ssize_t r;
+      do r = read(b->rfd, &v, sizeof(v));
+      while (r < 0 && errno == EINTR);
+    }
+  }
+  b->ringing = ringing;
+}
+
+
+void bell_close (Bell *b) {
+  if (b->rfd >= 0) {
+    close(b->rfd);
+    if (b->wfd != b->rfd) close(b->wfd);
+  }
+  b->rfd = b->wfd = -1;
+  b->ringing = 0;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Mailboxes
+** =======================================================
+*/
+
+static void ring (Mailbox *m) {
+  bell_set(&m->bell, m->n > 0 || m->ended);
+}
+
+
+int mailbox_full (const Mailbox *m) {
+  return m->n >= ISOLATE_MAILBOX_MESSAGES || m->bytes >= ISOLATE_MAILBOX_BYTES;
+}
+
+
+int mailbox_put (Mailbox *m, Buffer *msg) {
+  Mail *mail = (Mail *)malloc(sizeof(Mail));
+  if (mail == NULL) return 0;
+  mail->next = NULL;
+  mail->b.head = mail->b.tail = NULL;
+  mail->b.total = 0;
+  buffer_move(&mail->b, msg);
+  if (m->tail == NULL) m->head = mail;
+  else m->tail->next = mail;
+  m->tail = mail;
+  m->n++;
+  m->bytes += mail->b.total;
+  ring(m);
+  return 1;
+}
+
+
+int mailbox_take (Mailbox *m, Buffer *dst) {
+  Mail *mail = m->head;
+  if (mail == NULL) return 0;
+  if ((m->head = mail->next) == NULL) m->tail = NULL;
+  m->n--;
+  m->bytes -= mail->b.total;
+  buffer_move(dst, &mail->b);
+  free(mail);
+  ring(m);
+  return 1;
+}
+
+
+void mailbox_end (Mailbox *m) {
+  m->ended = 1;
+  ring(m);
+}
+
+
+void mailbox_clear (Mailbox *m) {
+  while (m->head != NULL) {
+    Mail *mail = m->head;
+    m->head = mail->next;
+    buffer_free(&mail->b);
+    free(mail);
+  }
+  m->tail = NULL;
+  m->n = m->bytes = 0;
+  ring(m);
+}
+
+
+void mailbox_move (Mailbox *dst, Mailbox *src) {
+  *dst = *src;
+  src->head = src->tail = NULL;
+  src->n = src->bytes = 0;
+  src->bell.rfd = src->bell.wfd = -1;
+  src->bell.ringing = 0;
+}
+
+
+void mailbox_free (Mailbox *m) {
+  mailbox_clear(m);
+  bell_close(&m->bell);
+}
+
+
+int mailbox_fd (Mailbox *m) {
+  return bell_fd(&m->bell);	/* (ring() kept its state without a descriptor) */
+}
+
+/* }====================================================== */
