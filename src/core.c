@@ -761,6 +761,152 @@ static int task_receive (lua_State *L) {
 /* }------------------------------------------------------ */
 
 
+/*
+** completions(): one descriptor for many tasks (an end set, pool.h),
+** readable while some task added has ended and was not taken yet.  Its
+** user value maps each task in it (by address) to the task, which it
+** keeps alive meanwhile.
+*/
+typedef struct Ends {
+  Endset *set;			/* NULL once closed */
+  lua_Integer n;		/* tasks in it, not taken yet */
+} Ends;
+
+#define ISOLATE_COMPLETIONS	"isolate.Completions"
+
+static Ends *checkends (lua_State *L, int i) {
+  Ends *e = (Ends *)luaL_checkudata(L, i, ISOLATE_COMPLETIONS);
+  if (e->set == NULL) luaL_error(L, "isolate: completions are closed");
+  return e;
+}
+
+
+static int l_completions (lua_State *L) {
+  Ends *e = (Ends *)lua_newuserdatauv(L, sizeof(Ends), 1);
+  e->set = NULL;
+  e->n = 0;
+  luaL_setmetatable(L, ISOLATE_COMPLETIONS);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 1);
+  if ((e->set = endset_new()) == NULL) {
+    lua_pushliteral(L, "not enough memory");
+    lua_error(L);
+  }
+  return 1;
+}
+
+
+/* add(task, ...): the tasks join the set (again: nothing happens); returns the set */
+static int ends_add (lua_State *L) {
+  Ends *e = checkends(L, 1);
+  int i, top = lua_gettop(L);
+  for (i = 2; i <= top; i++) notclosed(L, checktask(L, i));
+  lua_getiuservalue(L, 1, 1);
+  for (i = 2; i <= top; i++) {
+    Task *t = (Task *)lua_touserdata(L, i);
+    if (lua_rawgetp(L, top + 1, t) == LUA_TNIL) {
+      lua_pushvalue(L, i);
+      lua_rawsetp(L, top + 1, t);	/* first: it may raise (memory) */
+      if (!endset_add(e->set, t->pool, t->job, t)) {
+        lua_pushnil(L);
+        lua_rawsetp(L, top + 1, t);
+        lua_pushliteral(L, "not enough memory");
+        lua_error(L);
+      }
+      e->n++;
+    }
+    lua_pop(L, 1);
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+
+static int ends_pollfd (lua_State *L) {
+  int fd = endset_fd(checkends(L, 1)->set);
+  if (fd < 0) luaL_error(L, "isolate: cannot make a descriptor: %s", strerror(errno));
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
+
+/* the list of the tasks that ended since the last call, in the order they ended */
+static int ends_taken (lua_State *L, Ends *e, void *first) {
+  lua_Integer k = 0;
+  void *key;
+  lua_settop(L, 1);
+  lua_newtable(L);			/* 2: the list */
+  lua_getiuservalue(L, 1, 1);		/* 3 */
+  for (key = first; key != NULL; key = endset_take(e->set, 0)) {
+    lua_rawgetp(L, 3, key);
+    lua_rawseti(L, 2, ++k);
+    lua_pushnil(L);
+    lua_rawsetp(L, 3, key);
+    e->n--;
+  }
+  lua_settop(L, 2);
+  return 1;
+}
+
+static int ends_ended (lua_State *L) {
+  Ends *e = checkends(L, 1);
+  return ends_taken(L, e, endset_take(e->set, 0));
+}
+
+
+/* wait([timeout]): as ended(), once some task has ended (an empty list on timeout) */
+static int ends_wait (lua_State *L) {
+  Ends *e = checkends(L, 1);
+  double timeout = opttimeout(L, 2);
+  double deadline = timeout >= 0 ? now() + timeout : 0;
+  Watch w = WATCH_INIT;
+  void *key;
+  for (;;) {
+    long ms = ISOLATE_WAIT_MS;
+    watch(L, &w, 0);
+    if (e->set == NULL) luaL_error(L, "isolate: completions are closed");
+    if (e->n == 0) return ends_taken(L, e, NULL);
+    if (timeout >= 0) {
+      double left = deadline - now();
+      if (left < (double)ms / 1000) ms = left > 0 ? (long)(left * 1000) : 0;
+    }
+    if ((key = endset_take(e->set, ms)) != NULL) return ends_taken(L, e, key);
+    state_checkcancel(L);
+    if (timeout >= 0 && now() >= deadline) return ends_taken(L, e, NULL);
+  }
+}
+
+
+static int ends_len (lua_State *L) {
+  Ends *e = (Ends *)luaL_checkudata(L, 1, ISOLATE_COMPLETIONS);
+  lua_pushinteger(L, e->n);
+  return 1;
+}
+
+
+static int ends_close (lua_State *L) {
+  Ends *e = (Ends *)luaL_checkudata(L, 1, ISOLATE_COMPLETIONS);
+  if (e->set != NULL) {
+    endset_release(e->set);
+    e->set = NULL;
+    e->n = 0;
+    lua_pushnil(L);		/* (no allocation in a finalizer) */
+    lua_setiuservalue(L, 1, 1);
+  }
+  return 0;
+}
+
+
+static int ends_tostring (lua_State *L) {
+  Ends *e = (Ends *)luaL_checkudata(L, 1, ISOLATE_COMPLETIONS);
+  if (e->set == NULL) lua_pushliteral(L, "isolate.Completions (closed)");
+  else lua_pushfstring(L, "isolate.Completions (%I tasks)", (LUAI_UACINT)e->n);
+  return 1;
+}
+
+/* }------------------------------------------------------ */
+
+
 /* "isolate.Task 7 (running)", with its pool's name if it has one */
 static int task_tostring (lua_State *L) {
   Task *t = checktask(L, 1);
@@ -1371,6 +1517,26 @@ static const luaL_Reg task_meta[] = {
   {NULL, NULL}
 };
 
+static const luaL_Reg ends_methods[] = {
+  {"add", ends_add},
+  {"pollfd", ends_pollfd},
+  {"events", task_events},
+  {"timeout", task_timeout},
+  {"ended", ends_ended},
+  {"wait", ends_wait},
+  {"close", ends_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg ends_meta[] = {
+  {"__gc", ends_close},
+  {"__close", ends_close},
+  {"__len", ends_len},
+  {"__tostring", ends_tostring},
+  {"__index", NULL},		/* placeholder */
+  {NULL, NULL}
+};
+
 static const luaL_Reg pool_methods[] = {
   {"run", pool_run},
   {"spawn", pool_spawn},
@@ -1395,6 +1561,7 @@ static const luaL_Reg funcs[] = {
   {"unusable", l_unusable},
   {"exit", l_exit},
   {"emit", l_emit},
+  {"completions", l_completions},
   {"ismain", l_ismain},
   {"name", l_name},
   {"cpus", l_cpus},
@@ -1438,6 +1605,11 @@ int luaopen_isolate_core (lua_State *L) {
   luaL_newmetatable(L, ISOLATE_TASK);
   luaL_setfuncs(L, task_meta, 0);
   luaL_newlib(L, task_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, ISOLATE_COMPLETIONS);
+  luaL_setfuncs(L, ends_meta, 0);
+  luaL_newlib(L, ends_methods);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   luaL_newmetatable(L, ISOLATE_POOL);

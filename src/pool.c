@@ -376,6 +376,10 @@ int endset_add (Endset *s, Pool *p, Job *j, void *key) {
   pthread_mutex_lock(&s->mu);
   s->refs++;
   pthread_mutex_unlock(&s->mu);
+  if (j == NULL) {		/* one that has ended and was let go of */
+    endset_put(w);
+    return 1;
+  }
   finished(p, j);		/* (a job of a forked parent has ended) */
   pthread_mutex_lock(&p->mu);
   if (job_ended(j)) endset_put(w);

@@ -107,7 +107,7 @@ void job_take_mail (Pool *p, Job *j, Mailbox *dst);
 typedef struct Endset Endset;
 Endset *endset_new (void);
 void endset_release (Endset *s);
-/* add 'j', known as 'key' (0: no memory); a job that has ended is ready at once */
+/* add 'j', known as 'key' (0: no memory); a job that has ended (or NULL: one let go of) is ready at once */
 int endset_add (Endset *s, Pool *p, Job *j, void *key);
 /* its descriptor (-1 and errno) */
 int endset_fd (Endset *s);

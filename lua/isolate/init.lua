@@ -144,6 +144,12 @@ function core.Pool.map(pool, fn, list, opts)
   return map(pool, fn, list, opts)
 end
 
+-- for ... in task:messages() do: every message of the task, as it comes,
+-- until the task has ended and every message was received
+function Task.__index.messages(task)
+  return function() return task:receive() end
+end
+
 
 local isolate = {
   _VERSION = "isolate scm",
@@ -170,6 +176,13 @@ local isolate = {
 
   -- Inside an isolate: end it now with these results.
   exit = core.exit,
+
+  -- Inside a spawned task: send these values to its caller, who reads
+  -- them with task:receive() or task:messages().
+  emit = core.emit,
+
+  -- One descriptor for many tasks: add them, poll it, take those ended.
+  completions = core.completions,
 
   ismain = core.ismain,
   name = core.name,       -- the pool's name inside an isolate; nil for the default pool
