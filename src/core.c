@@ -689,15 +689,13 @@ static int task_pollfd (lua_State *L) {
 }
 
 
-/* the cqueues pollable protocol: readable, no timeout of its own */
-static int task_events (lua_State *L) {
-  checktask(L, 1);
+/* the cqueues pollable protocol (tasks, completions): readable, no timeout */
+static int pollable_events (lua_State *L) {
   lua_pushliteral(L, "r");
   return 1;
 }
 
-static int task_timeout (lua_State *L) {
-  checktask(L, 1);
+static int pollable_timeout (lua_State *L) {
   lua_pushnil(L);
   return 1;
 }
@@ -1497,8 +1495,8 @@ static void pin_library (void) {
 
 static const luaL_Reg task_methods[] = {
   {"pollfd", task_pollfd},
-  {"events", task_events},
-  {"timeout", task_timeout},
+  {"events", pollable_events},
+  {"timeout", pollable_timeout},
   {"pending", task_pending},
   {"receive", task_receive},
   {"await", task_await},
@@ -1520,8 +1518,8 @@ static const luaL_Reg task_meta[] = {
 static const luaL_Reg ends_methods[] = {
   {"add", ends_add},
   {"pollfd", ends_pollfd},
-  {"events", task_events},
-  {"timeout", task_timeout},
+  {"events", pollable_events},
+  {"timeout", pollable_timeout},
   {"ended", ends_ended},
   {"wait", ends_wait},
   {"close", ends_close},

@@ -1,0 +1,114 @@
+-- isolate.cqueues: wait for isolates inside a cqueues controller.
+--
+--   local iso = require "isolate.cqueues"
+--   local cq = cqueues.new()
+--   cq:wrap(function()
+--     local data = iso.run(function() return heavy() end)   -- the controller runs meanwhile
+--   end)
+--   assert(cq:loop())
+--
+-- run, await and messages poll from the calling coroutine when a
+-- controller runs it, and block outside one, as isolate's own do.  A task
+-- is a cqueues pollable itself (cqueues.poll(task) returns when it has
+-- ended or has a message).
+--
+-- Waits for an end share one descriptor per controller (an
+-- isolate.completions set), which one coroutine of the controller polls
+-- while somebody waits: it signals a condition variable per task.
+
+local isolate = require "isolate"
+local cqueues = require "cqueues"
+local condition = require "cqueues.condition"
+
+local M = {}
+
+local Task = require("isolate.core").Task
+
+local function checktask(task, fname)
+  if getmetatable(task) ~= Task then
+    error(string.format("bad argument #1 to '%s' (task expected, got %s)", fname, type(task)), 3)
+  end
+end
+
+-- what each controller has: its set, the condition of each task in it
+local loops = setmetatable({}, {__mode = "k"})
+
+local function loopof(cq)
+  local l = loops[cq]
+  if l == nil then
+    l = {ends = isolate.completions(), conds = {}, n = 0, polling = false}
+    loops[cq] = l
+  end
+  return l
+end
+
+-- the condition signalled when 'task' ends, in the controller 'cq'
+local function endof(cq, task)
+  local l = loopof(cq)
+  local cond = l.conds[task]
+  if cond == nil then
+    cond = condition.new()
+    l.conds[task] = cond
+    l.ends:add(task)
+    l.n = l.n + 1
+  end
+  if not l.polling then
+    l.polling = true
+    cq:wrap(function()
+      while l.n > 0 do
+        cqueues.poll(l.ends)
+        for _, t in ipairs(l.ends:ended()) do
+          local c = l.conds[t]
+          l.conds[t] = nil
+          l.n = l.n - 1
+          c:signal()
+        end
+      end
+      l.polling = false
+    end)
+  end
+  return cond
+end
+
+local function timeouterror(task, timeout)
+  return setmetatable({
+    message = string.format("isolate: task %s did not end within %s seconds", tostring(task), timeout),
+    timeout = timeout,
+  }, isolate.TimeoutError)
+end
+
+-- await(task [, timeout]): the task's results, or its error raised here
+function M.await(task, timeout)
+  checktask(task, "await")
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    error("bad argument #2 to 'await' (timeout must be a number >= 0)", 2)
+  end
+  local cq = cqueues.running()
+  if cq == nil or task:done() then return task:await(timeout) end
+  local cond = endof(cq, task)
+  local deadline = timeout and timeout ~= math.huge and cqueues.monotime() + timeout
+  while not task:done() do
+    local left = deadline and deadline - cqueues.monotime()
+    if left and left <= 0 then error(timeouterror(task, timeout), 2) end
+    cqueues.poll(cond, left or nil)
+  end
+  return task:await()
+end
+
+-- run(fn, ...): isolate.run that lets the controller run while it waits
+function M.run(fn, ...)
+  return M.await(isolate.spawn(fn, ...))
+end
+
+-- for ... in messages(task) do: the task's messages as they come
+function M.messages(task)
+  checktask(task, "messages")
+  return function()
+    if cqueues.running() ~= nil then
+      while task:pending() == 0 and not task:done() do cqueues.poll(task) end
+    end
+    return task:receive()
+  end
+end
+
+return M

@@ -1,0 +1,191 @@
+-- isolate.luv: wait for isolates from a luv (libuv) event loop.
+--
+--   local iso = require "isolate.luv"
+--   coroutine.wrap(function()
+--     local data = iso.run(function() return heavy() end)   -- the loop runs meanwhile
+--   end)()
+--   uv.run()
+--
+-- run, await and messages yield the calling coroutine and resume it from
+-- the loop when the task ends (or sends a message); outside a coroutine
+-- they block, as isolate's own do, so one code path works both ways.
+-- spawn(fn, ..., callback) is the callback form.
+--
+-- Every wait for an end shares one descriptor (an isolate.completions
+-- set) and one uv_poll on it, active only while somebody waits; a task
+-- whose messages are read has a uv_poll on its own descriptor meanwhile.
+
+local isolate = require "isolate"
+local uv = require "luv"
+
+local M = {}
+
+local unpack = table.unpack
+
+local ends                      -- isolate.completions(), made on first use
+local endpoll                   -- a uv_poll on its descriptor
+local waiting = {}              -- task -> list of functions to call at its end
+local nwaiting = 0              -- tasks in 'waiting'
+
+-- Call each of 'fns' with 'arg'; an error is raised after all have run
+-- (luv reports it as an error in a callback).
+local function callall(fns, arg)
+  local failure
+  for i = 1, #fns do
+    local ok, err = xpcall(fns[i], debug.traceback, arg)
+    if not ok and failure == nil then failure = err end
+  end
+  if failure ~= nil then error(failure, 0) end
+end
+
+local function dispatch()
+  local list = ends:ended()
+  local fns = {}
+  for _, task in ipairs(list) do
+    for _, fn in ipairs(waiting[task]) do fns[#fns + 1] = {fn, task} end
+    waiting[task] = nil
+    nwaiting = nwaiting - 1
+  end
+  if nwaiting == 0 then endpoll:stop() end
+  local failure
+  for _, f in ipairs(fns) do
+    local ok, err = xpcall(f[1], debug.traceback, f[2])
+    if not ok and failure == nil then failure = err end
+  end
+  if failure ~= nil then error(failure, 0) end
+end
+
+-- call fn(task) from the loop once 'task' has ended (never before this returns)
+local function onend(task, fn)
+  if ends == nil then
+    ends = isolate.completions()
+    endpoll = uv.new_poll(ends:pollfd())
+  end
+  local fns = waiting[task]
+  if fns == nil then
+    fns = {}
+    waiting[task] = fns
+    ends:add(task)
+    nwaiting = nwaiting + 1
+    if nwaiting == 1 then endpoll:start("r", dispatch) end
+  end
+  fns[#fns + 1] = fn
+end
+
+-- call fn() from the loop once task:pollfd() is readable (a message or the end)
+local readers = {}              -- task -> {poll = uv_poll, fns = {...}}
+local function onreadable(task, fn)
+  local r = readers[task]
+  if r == nil then
+    r = {poll = uv.new_poll(task:pollfd()), fns = {}}
+    readers[task] = r
+    r.poll:start("r", function()
+      local fns = r.fns
+      r.fns = {}
+      r.poll:stop()
+      r.poll:close()
+      readers[task] = nil
+      callall(fns)
+    end)
+  end
+  r.fns[#r.fns + 1] = fn
+end
+
+-- the running coroutine if the loop can resume it, else nil
+local function yieldable()
+  local co, main = coroutine.running()
+  if main or not coroutine.isyieldable() then return nil end
+  return co
+end
+
+-- Yield 'co' until wake(...) is called by arm(wake); returns its values.
+-- Values from any other resume of 'co' are ignored: it yields again.
+local function suspend(co, arm)
+  local token, woken = {}, nil
+  arm(function(...)
+    if woken == nil and coroutine.status(co) == "suspended" then
+      woken = table.pack(...)
+      local ok, err = coroutine.resume(co, token)
+      if not ok then error(err, 0) end
+    end
+  end)
+  repeat
+    local got = coroutine.yield()
+  until got == token and woken ~= nil
+  return unpack(woken, 1, woken.n)
+end
+
+local function timeouterror(task, timeout)
+  return setmetatable({
+    message = string.format("isolate: task %s did not end within %s seconds", tostring(task), timeout),
+    timeout = timeout,
+  }, isolate.TimeoutError)
+end
+
+local Task = require("isolate.core").Task
+
+local function checktask(task, fname)
+  if getmetatable(task) ~= Task then
+    error(string.format("bad argument #1 to '%s' (task expected, got %s)", fname, type(task)), 3)
+  end
+end
+
+-- await(task [, timeout]): the task's results, or its error raised here
+function M.await(task, timeout)
+  checktask(task, "await")
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    error("bad argument #2 to 'await' (timeout must be a number >= 0)", 2)
+  end
+  local co = yieldable()
+  if co == nil or task:done() then return task:await(timeout) end
+  local ended = suspend(co, function(wake)
+    local timer
+    onend(task, function()
+      if timer then timer:stop(); timer:close() end
+      wake(true)
+    end)
+    if timeout ~= nil and timeout ~= math.huge then
+      timer = uv.new_timer()
+      timer:start(math.ceil(timeout * 1000), 0, function()
+        timer:close()
+        timer = nil
+        wake(false)
+      end)
+    end
+  end)
+  if not ended then error(timeouterror(task, timeout), 2) end
+  return task:await()
+end
+
+-- run(fn, ...): isolate.run that lets the loop run while it waits
+function M.run(fn, ...)
+  return M.await(isolate.spawn(fn, ...))
+end
+
+-- spawn(fn, ..., callback): the task; callback(true, ...) with its results
+-- or callback(false, err) is called from the loop when it ends
+function M.spawn(fn, ...)
+  local n = select("#", ...)
+  local callback = n > 0 and select(n, ...) or nil
+  if type(callback) ~= "function" then
+    error("bad argument #" .. (n + 1) .. " to 'spawn' (callback function expected as the last argument)", 2)
+  end
+  local args = table.pack(...)
+  local task = isolate.spawn(fn, unpack(args, 1, n - 1))
+  onend(task, function() callback(task:result()) end)
+  return task
+end
+
+-- for ... in messages(task) do: the task's messages as they come
+function M.messages(task)
+  checktask(task, "messages")
+  return function()
+    local co = yieldable()
+    while co ~= nil and task:pending() == 0 and not task:done() do
+      suspend(co, function(wake) onreadable(task, wake) end)
+    end
+    return task:receive()
+  end
+end
+
+return M
