@@ -32,6 +32,8 @@ build = {
    type = "builtin",
    modules = {
       ["isolate"] = "lua/isolate/init.lua",
+      ["isolate.luv"] = "lua/isolate/luv.lua",
+      ["isolate.cqueues"] = "lua/isolate/cqueues.lua",
       ["isolate.core"] = {
          sources = { "src/core.c", "src/codec.c", "src/names.c", "src/message.c",
                      "src/buffer.c", "src/mailbox.c", "src/pool.c", "src/state.c" },
