@@ -67,6 +67,7 @@ typedef struct Output {
 #define OUTPUT		2
 
 #define ISOLATE_OUTPUT	"isolate.Output"
+#define ISOLATE_MAIL	"isolate.Mail"
 #define ISOLATE_POOL	"isolate.Pool"
 
 
@@ -722,17 +723,19 @@ static int task_receive (lua_State *L) {
   double timeout = opttimeout(L, 2);
   double deadline = timeout >= 0 ? now() + timeout : 0;
   Watch w = WATCH_INIT;
-  Buffer *b;
+  Mail **mail;
   Reader r;
   int got;
   lua_settop(L, 1);
-  b = buffer_push(L);
+  mail = (Mail **)lua_newuserdatauv(L, sizeof(Mail *), 0);	/* its __gc frees it */
+  *mail = NULL;
+  luaL_setmetatable(L, ISOLATE_MAIL);
   for (;;) {
     long ms = ISOLATE_WAIT_MS;
     watch(L, &w, 0);
     notclosed(L, t);
     if (t->job == NULL) {
-      got = mailbox_take(&t->mail, b);
+      got = (*mail = mailbox_take(&t->mail)) != NULL;
       break;
     }
     if (timeout >= 0) {
@@ -741,7 +744,7 @@ static int task_receive (lua_State *L) {
     }
     if (!state_ismain(L) && job_status(t->pool, t->job) == JOB_QUEUED)
       pool_wait(t->pool, t->job, 0, 1);
-    if ((got = job_receive(t->pool, t->job, b, ms)) >= 0) break;
+    if ((got = job_receive(t->pool, t->job, mail, ms)) >= 0) break;
     state_checkcancel(L);
     if (timeout >= 0 && now() >= deadline) {
       lua_pushfstring(L, "isolate: no message from task %I within %f seconds",
@@ -750,10 +753,19 @@ static int task_receive (lua_State *L) {
     }
   }
   if (!got) return 0;
-  reader_init(&r, b);
+  mail_read(*mail, &r);
   got = codec_decode(L, &r, CODEC_TRUSTED);
-  buffer_free(b);
+  mail_free(*mail);
+  *mail = NULL;
   return got;
+}
+
+
+static int mail_gc (lua_State *L) {
+  Mail **mail = (Mail **)lua_touserdata(L, 1);
+  mail_free(*mail);
+  *mail = NULL;
+  return 0;
 }
 
 /* }------------------------------------------------------ */
@@ -1617,6 +1629,12 @@ int luaopen_isolate_core (lua_State *L) {
   lua_pop(L, 1);
   luaL_newmetatable(L, ISOLATE_COMPLETION);
   lua_pushcfunction(L, completion_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, ISOLATE_MAIL);
+  lua_pushcfunction(L, mail_gc);
   lua_setfield(L, -2, "__gc");
   lua_pushboolean(L, 0);
   lua_setfield(L, -2, "__metatable");

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 #if defined(__linux__)
 #include <sys/eventfd.h>
@@ -90,33 +91,68 @@ int mailbox_full (const Mailbox *m) {
 }
 
 
+int mailbox_half (const Mailbox *m) {
+  return m->n <= ISOLATE_MAILBOX_MESSAGES / 2 && m->bytes <= ISOLATE_MAILBOX_BYTES / 2;
+}
+
+
+/* the bytes of a message that are copied into its Mail (a larger one moves) */
+#define MAIL_SMALL	1024
+
+
+void mail_read (const Mail *mail, Reader *r) {
+  if (mail->b.total > 0) reader_init(r, &mail->b);
+  else reader_initflat(r, mail->bytes, mail->size);
+}
+
+
+void mail_free (Mail *mail) {
+  if (mail != NULL) {
+    buffer_free(&mail->b);
+    free(mail);
+  }
+}
+
+
 int mailbox_put (Mailbox *m, Buffer *msg) {
-  Mail *mail = (Mail *)malloc(sizeof(Mail));
-  if (mail == NULL) return 0;
+  size_t small = msg->total <= MAIL_SMALL ? msg->total : 0;
+  Mail *mail = (Mail *)malloc(sizeof(Mail) + small);
+  if (mail == NULL) {
+    buffer_free(msg);
+    return 0;
+  }
   mail->next = NULL;
   mail->b.head = mail->b.tail = NULL;
   mail->b.total = 0;
-  buffer_move(&mail->b, msg);
+  mail->size = small;
+  if (small > 0) {		/* (a message is never empty: it has a header) */
+    unsigned char *p = mail->bytes;
+    Chunk *c;
+    for (c = msg->head; c != NULL; c = c->next) {
+      memcpy(p, c->data, c->used);
+      p += c->used;
+    }
+    buffer_free(msg);
+  }
+  else buffer_move(&mail->b, msg);
   if (m->tail == NULL) m->head = mail;
   else m->tail->next = mail;
   m->tail = mail;
   m->n++;
-  m->bytes += mail->b.total;
+  m->bytes += mail->size + mail->b.total;
   ring(m);
   return 1;
 }
 
 
-int mailbox_take (Mailbox *m, Buffer *dst) {
+Mail *mailbox_take (Mailbox *m) {
   Mail *mail = m->head;
-  if (mail == NULL) return 0;
+  if (mail == NULL) return NULL;
   if ((m->head = mail->next) == NULL) m->tail = NULL;
   m->n--;
-  m->bytes -= mail->b.total;
-  buffer_move(dst, &mail->b);
-  free(mail);
+  m->bytes -= mail->size + mail->b.total;
   ring(m);
-  return 1;
+  return mail;
 }
 
 
@@ -130,8 +166,7 @@ void mailbox_clear (Mailbox *m) {
   while (m->head != NULL) {
     Mail *mail = m->head;
     m->head = mail->next;
-    buffer_free(&mail->b);
-    free(mail);
+    mail_free(mail);
   }
   m->tail = NULL;
   m->n = m->bytes = 0;

@@ -29,10 +29,20 @@ int bell_fd (Bell *b);
 void bell_set (Bell *b, int ringing);
 void bell_close (Bell *b);
 
+/*
+** One message: a small one is copied into the Mail itself (one block for
+** both, freed by the receiver), a large one keeps its buffer's chunks.
+*/
 typedef struct Mail {
   struct Mail *next;
-  Buffer b;
+  Buffer b;			/* a large message */
+  size_t size;			/* a small message's bytes, in 'bytes' */
+  unsigned char bytes[];
 } Mail;
+
+/* a reader over the message */
+void mail_read (const Mail *mail, Reader *r);
+void mail_free (Mail *mail);
 
 typedef struct Mailbox {
   Mail *head, *tail;
@@ -45,10 +55,12 @@ typedef struct Mailbox {
 
 /* is it past the queue limit (ISOLATE_MAILBOX_*), so that an emitter waits? */
 int mailbox_full (const Mailbox *m);
-/* append the message 'msg' (moved in, 'msg' left empty); 0 when memory runs out */
+/* is it down to half of it, so that an emitter that waits goes on? */
+int mailbox_half (const Mailbox *m);
+/* append the message 'msg' (its bytes; 'msg' is left empty); 0 when memory runs out */
 int mailbox_put (Mailbox *m, Buffer *msg);
-/* move the oldest message into 'dst' (freeing what it held); 0 if none */
-int mailbox_take (Mailbox *m, Buffer *dst);
+/* the oldest message, for the caller to free (mail_free), or NULL */
+Mail *mailbox_take (Mailbox *m);
 /* no message will come any more */
 void mailbox_end (Mailbox *m);
 /* free every message held (the bell stays) */

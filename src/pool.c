@@ -59,11 +59,14 @@ struct Job {
   atomic_ulong endseq;		/* when it ended, among all jobs (0: not yet) */
   unsigned long epoch;		/* the process' epoch when it was submitted */
   int depth;			/* nesting of its isolate */
-  pthread_cond_t ended;		/* broadcast when status becomes final, when a
-				   message comes or goes, and on a cancel */
+  pthread_cond_t ended;		/* broadcast when status becomes final */
+  pthread_cond_t mailed;	/* broadcast when a message comes, when room
+				   comes for one, and at the end */
   Buffer in;			/* package paths, then the function and arguments */
   Buffer out;			/* results, or the failure record */
   Mailbox mail;			/* its messages, not received yet; its bell */
+  atomic_size_t nmail;		/* mail.n, for a receiver that spins */
+  int emitwaits;		/* its isolate waits for room in 'mail' */
   int listened;			/* somebody may receive its messages */
   int waiters;			/* callers blocked until it ends, and end sets */
   struct Watch *watches;	/* end sets to tell of its end */
@@ -189,20 +192,20 @@ static int finished (Pool *p, Job *j);
 
 
 /*
-** Spin until 'j' ends or ISOLATE_SPIN_US have passed; true if it ended.
-** A caller about to sleep until its job ends spins first: waking it costs
-** more than many a small isolate's whole run.  It spins only when a core
-** is free for it (fewer busy workers than cores, no job queued): else it
-** takes the core that a worker needs.  (Workers do not spin for jobs: on
-** a machine with few cores a spinning idle worker takes the core that the
-** running job needs, and measured slower.)
+** Spin until ready(j) or ISOLATE_SPIN_US have passed; true if ready.
+** A caller about to sleep until its job ends (or sends a message) spins
+** first: waking it costs more than many a small isolate's whole run.  It
+** spins only when a core is free for it (fewer busy workers than cores,
+** no job queued): else it takes the core that a worker needs.  (Workers
+** do not spin for jobs: on a machine with few cores a spinning idle
+** worker takes the core that the running job needs, and measured slower.)
 */
-static int spin_until_ended (Job *j) {
+static int spin (Job *j, int (*ready) (Job *j)) {
   struct timespec t0, t;
   long i;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   for (i = 1; ; i++) {
-    if (job_ended(j)) return 1;
+    if (ready(j)) return 1;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #elif defined(__aarch64__)
@@ -212,7 +215,7 @@ static int spin_until_ended (Job *j) {
       clock_gettime(CLOCK_MONOTONIC, &t);
       if ((t.tv_sec - t0.tv_sec) * 1000000L +
           (t.tv_nsec - t0.tv_nsec) / 1000 >= ISOLATE_SPIN_US)
-        return job_ended(j);
+        return ready(j);
     }
   }
 }
@@ -232,6 +235,8 @@ Job *job_new (int depth) {
   pthread_condattr_init(&ca);
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);	/* for pool_wait */
   err = pthread_cond_init(&j->ended, &ca);
+  if (err == 0 && (err = pthread_cond_init(&j->mailed, &ca)) != 0)
+    pthread_cond_destroy(&j->ended);
   pthread_condattr_destroy(&ca);
   if (err != 0) {
     free(j);
@@ -240,6 +245,7 @@ Job *job_new (int depth) {
   j->refs = 1;
   j->depth = depth;
   j->mail.bell.rfd = j->mail.bell.wfd = -1;
+  atomic_init(&j->nmail, 0);
   atomic_init(&j->status, JOB_NEW);
   atomic_init(&j->cancel, 0);
   atomic_init(&j->endseq, 0);
@@ -387,7 +393,7 @@ int endset_add (Endset *s, Pool *p, Job *j, void *key) {
     w->next = j->watches;
     j->watches = w;
     j->waiters++;
-    if (mailbox_full(&j->mail)) pthread_cond_broadcast(&j->ended);	/* an emit */
+    if (mailbox_full(&j->mail)) pthread_cond_broadcast(&j->mailed);	/* an emit */
   }
   pthread_mutex_unlock(&p->mu);
   return 1;
@@ -443,8 +449,10 @@ static void publish (Pool *p, Job *j, JobStatus status) {
   if (status == JOB_DONE) p->done++;
   else if (status == JOB_FAILED) p->failed++;
   else p->cancelled++;
-  if (j->epoch == epoch)	/* see lose() */
+  if (j->epoch == epoch) {	/* see lose() */
     pthread_cond_broadcast(&j->ended);
+    pthread_cond_broadcast(&j->mailed);
+  }
   atomic_store_explicit(&j->endseq, atomic_fetch_add(&ends, 1) + 1, memory_order_release);
   if (atomic_load(&ends_waiters) > 0) {
     pthread_mutex_lock(&ends_mu);
@@ -476,8 +484,10 @@ static void job_unref (Pool *p, Job *j) {	/* mutex held */
     buffer_free(&j->in);
     buffer_free(&j->out);
     mailbox_free(&j->mail);
-    if (j->epoch == epoch)	/* see lose() */
+    if (j->epoch == epoch) {	/* see lose() */
       pthread_cond_destroy(&j->ended);
+      pthread_cond_destroy(&j->mailed);
+    }
     free(j);
   }
 }
@@ -567,7 +577,7 @@ static int cancel (Pool *p, Job *j) {
     if (j->inner != NULL) cancel(p, j->inner);
     if (j->onthread && cancel_signal != 0)
       pthread_kill(j->thread, cancel_signal);	/* it sees the flag then */
-    pthread_cond_broadcast(&j->ended);	/* an emit that waits for room */
+    pthread_cond_broadcast(&j->mailed);	/* an emit that waits for room */
   }
   return 1;
 }
@@ -601,7 +611,8 @@ void job_listen (Pool *p, Job *j, int on) {
   j->listened = on;
   if (!on) {
     mailbox_clear(&j->mail);
-    if (j->epoch == epoch) pthread_cond_broadcast(&j->ended);	/* see lose() */
+    atomic_store_explicit(&j->nmail, 0, memory_order_relaxed);
+    if (j->epoch == epoch) pthread_cond_broadcast(&j->mailed);	/* see lose() */
   }
   pthread_mutex_unlock(&p->mu);
 }
@@ -617,35 +628,66 @@ int job_pollfd (Pool *p, Job *j) {
 }
 
 
+/*
+** An emitter that found the mailbox full waits until it is half empty,
+** not for one message to go: so the two threads do not wake each other
+** for every message.
+*/
+static int must_wait (Job *j) {
+  return j->listened && j->waiters == 0 && !atomic_load(&j->cancel) &&
+         (j->emitwaits ? !mailbox_half(&j->mail) : mailbox_full(&j->mail));
+}
+
+
 int job_emit (Pool *p, Job *j, Buffer *msg) {
   int r = 1;
   pthread_mutex_lock(&p->mu);
-  while (j->listened && j->waiters == 0 && mailbox_full(&j->mail) &&
-         !atomic_load(&j->cancel)) {
+  while (must_wait(j)) {
     struct timespec deadline;
+    j->emitwaits = 1;
     deadline_in(&deadline, ISOLATE_WAIT_MS);
-    pthread_cond_timedwait(&j->ended, &p->mu, &deadline);
+    pthread_cond_timedwait(&j->mailed, &p->mu, &deadline);
   }
+  j->emitwaits = 0;
   if (atomic_load(&j->cancel)) r = -1;
   else if (!j->listened) r = 0;
   else if (!mailbox_put(&j->mail, msg)) r = -2;
-  else if (j->epoch == epoch) pthread_cond_broadcast(&j->ended);
+  else {
+    atomic_store_explicit(&j->nmail, j->mail.n, memory_order_relaxed);
+    if (j->epoch == epoch) pthread_cond_broadcast(&j->mailed);
+  }
   pthread_mutex_unlock(&p->mu);
   buffer_free(msg);		/* (left empty when it was put) */
   return r;
 }
 
 
-int job_receive (Pool *p, Job *j, Buffer *dst, long ms) {
-  int r;
+/* has 'j' a message, or has it ended? (for a receiver that spins) */
+static int has_mail (Job *j) {
+  return atomic_load_explicit(&j->nmail, memory_order_relaxed) > 0 || job_ended(j);
+}
+
+
+/* mutex held: the oldest message of 'j', for the caller to free, or NULL */
+static Mail *take_mail (Job *j) {
+  Mail *mail = mailbox_take(&j->mail);
+  if (mail != NULL) {
+    atomic_store_explicit(&j->nmail, j->mail.n, memory_order_relaxed);
+    if (j->emitwaits && mailbox_half(&j->mail) && j->epoch == epoch)
+      pthread_cond_broadcast(&j->mailed);	/* room for an emit */
+  }
+  return mail;
+}
+
+
+int job_receive (Pool *p, Job *j, Mail **mail, long ms) {
+  int r, spun = 0;
   struct timespec deadline;
   finished(p, j);
   if (ms > 0) deadline_in(&deadline, ms);
   pthread_mutex_lock(&p->mu);
   for (;;) {
-    int full = mailbox_full(&j->mail);
-    if (mailbox_take(&j->mail, dst)) {
-      if (full) pthread_cond_broadcast(&j->ended);	/* room for an emit */
+    if ((*mail = take_mail(j)) != NULL) {
       r = 1;
       break;
     }
@@ -653,9 +695,16 @@ int job_receive (Pool *p, Job *j, Buffer *dst, long ms) {
       r = 0;
       break;
     }
+    if (ms > 0 && !spun && p->busy < ncpus) {
+      spun = 1;
+      pthread_mutex_unlock(&p->mu);
+      spin(j, has_mail);
+      pthread_mutex_lock(&p->mu);
+      continue;
+    }
     if (ms <= 0 ||
-        pthread_cond_timedwait(&j->ended, &p->mu, &deadline) == ETIMEDOUT) {
-      r = mailbox_take(&j->mail, dst) ? 1 : job_ended(j) ? 0 : -1;
+        pthread_cond_timedwait(&j->mailed, &p->mu, &deadline) == ETIMEDOUT) {
+      r = (*mail = take_mail(j)) != NULL ? 1 : job_ended(j) ? 0 : -1;
       break;
     }
   }
@@ -1407,12 +1456,12 @@ int pool_wait (Pool *p, Job *j, long ms, int runs) {
   pthread_mutex_lock(&p->mu);
   spins = ms > 0 && p->queued == 0 && p->busy < ncpus;
   pthread_mutex_unlock(&p->mu);
-  if (spins && spin_until_ended(j)) return 1;	/* a poll only looks */
+  if (spins && spin(j, job_ended)) return 1;	/* a poll only looks */
   deadline_in(&deadline, ms);
   pthread_mutex_lock(&p->mu);
   if (!job_ended(j)) {
     if (j->waiters++ == 0 && mailbox_full(&j->mail))
-      pthread_cond_broadcast(&j->ended);	/* an emit waits no more */
+      pthread_cond_broadcast(&j->mailed);	/* an emit waits no more */
     while (!(ended = job_ended(j)) &&
            pthread_cond_timedwait(&j->ended, &p->mu, &deadline) != ETIMEDOUT) ;
     j->waiters--;

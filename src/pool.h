@@ -87,11 +87,11 @@ void job_listen (Pool *p, Job *j, int on);
 */
 int job_emit (Pool *p, Job *j, Buffer *msg);
 /*
-** Move the oldest message of 'j' into 'dst', waiting up to 'ms' ms for
-** one: 1 if it did; 0 if none will come (the job has ended); -1 if none
-** came in time.
+** The oldest message of 'j' into '*mail' (the caller frees it), waiting
+** up to 'ms' ms for one: 1 if there was one; 0 if none will come (the
+** job has ended); -1 if none came in time.
 */
-int job_receive (Pool *p, Job *j, Buffer *dst, long ms);
+int job_receive (Pool *p, Job *j, Mail **mail, long ms);
 /* the messages of 'j' not received yet */
 size_t job_pending (Pool *p, Job *j);
 /* the descriptor that is readable while 'j' has a message or has ended; -1 and errno */
