@@ -12,7 +12,8 @@
 -- spawn(fn, ..., callback) is the callback form.
 --
 -- Every wait for an end shares one descriptor (an isolate.completions
--- set) and one uv_poll on it, active only while somebody waits; a task
+-- set) and one uv_poll on it, which keeps the loop alive only while
+-- somebody waits (a referenced handle then, unreferenced else); a task
 -- whose messages are read has a uv_poll on its own descriptor meanwhile.
 
 local isolate = require "isolate"
@@ -46,7 +47,7 @@ local function dispatch()
     waiting[task] = nil
     nwaiting = nwaiting - 1
   end
-  if nwaiting == 0 then endpoll:stop() end
+  if nwaiting == 0 then endpoll:unref() end
   local failure
   for _, f in ipairs(fns) do
     local ok, err = xpcall(f[1], debug.traceback, f[2])
@@ -60,6 +61,8 @@ local function onend(task, fn)
   if ends == nil then
     ends = isolate.completions()
     endpoll = uv.new_poll(ends:pollfd())
+    endpoll:start("r", dispatch)      -- for good: it keeps the loop alive only
+    endpoll:unref()                   -- while somebody waits (ref)
   end
   local fns = waiting[task]
   if fns == nil then
@@ -67,7 +70,7 @@ local function onend(task, fn)
     waiting[task] = fns
     ends:add(task)
     nwaiting = nwaiting + 1
-    if nwaiting == 1 then endpoll:start("r", dispatch) end
+    if nwaiting == 1 then endpoll:ref() end
   end
   fns[#fns + 1] = fn
 end
