@@ -233,3 +233,44 @@ do
     ready:close()
   end
 end
+
+-- 10. Messages: isolate.emit of small values in a task, read with
+--     task:messages() by the caller as they come.
+do
+  local N = 200000
+  local t = measure(N, timed(function()
+    local task = isolate.spawn(function(n)
+      local emit = isolate.emit
+      for i = 1, n do emit(i) end
+    end, N)
+    for _ in task:messages() do end
+    task:await()
+  end))
+  print(string.format("%-44s %9.0f /s   (goal >= 500000/s: %s)", "emit -> receive, 200,000 small messages", 1 / t,
+    1 / t >= 500000 and "met" or "NOT MET"))
+end
+
+-- 11. A round trip awaited from a coroutine through isolate.luv (the loop
+--     runs while the task does), against the blocking run.
+do
+  local ok, uv = pcall(require, "luv")
+  if not ok then
+    print("luv not installed: skipped the event loop figure")
+  else
+    local iso = require "isolate.luv"
+    local N = 2000
+    local function trivial() return 1 end
+    local looped = measure(N, function()
+      local t
+      coroutine.wrap(function()
+        local t0 = bench.now()
+        for _ = 1, N do iso.run(trivial) end
+        t = bench.now() - t0
+      end)()
+      uv.run()
+      return t
+    end)
+    local blocking = measure(N, timed(function() for _ = 1, N do isolate.run(trivial) end end))
+    report("run(function() return 1 end) via isolate.luv", looped, us, "the blocking isolate.run", blocking, 1.5)
+  end
+end
