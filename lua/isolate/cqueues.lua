@@ -14,7 +14,8 @@
 --
 -- Waits for an end share one descriptor per controller (an
 -- isolate.completions set), which one coroutine of the controller polls
--- while somebody waits: it signals a condition variable per task.
+-- while somebody waits: it signals a condition variable per task.  A
+-- waiting coroutine that is closed or cancelled waits no more.
 
 local isolate = require "isolate"
 local cqueues = require "cqueues"
@@ -30,44 +31,59 @@ local function checktask(task, fname)
   end
 end
 
--- what each controller has: its set, the condition of each task in it
+-- What each controller has: its set, the condition of each task in it,
+-- the awaits under way, and the condition that stops its poller when
+-- none is left (so that a task that never ends keeps no controller busy
+-- once nobody waits for it).
 local loops = setmetatable({}, {__mode = "k"})
 
 local function loopof(cq)
   local l = loops[cq]
   if l == nil then
-    l = {ends = isolate.completions(), conds = {}, n = 0, polling = false}
+    l = {ends = isolate.completions(), conds = {}, waits = 0, polling = false,
+         idle = condition.new()}
     loops[cq] = l
   end
   return l
 end
 
--- the condition signalled when 'task' ends, in the controller 'cq'
-local function endof(cq, task)
+local function poller(l)
+  while l.waits > 0 do
+    cqueues.poll(l.ends, l.idle)
+    for _, t in ipairs(l.ends:ended()) do
+      local c = l.conds[t]
+      l.conds[t] = nil
+      c:signal()
+    end
+  end
+  l.polling = false
+end
+
+-- Wait in the controller 'cq' until 'task' has ended or 'deadline'
+-- (cqueues.monotime) has passed; true if it has ended.
+local function waitend(cq, task, deadline)
   local l = loopof(cq)
   local cond = l.conds[task]
   if cond == nil then
     cond = condition.new()
     l.conds[task] = cond
     l.ends:add(task)
-    l.n = l.n + 1
   end
+  l.waits = l.waits + 1
+  local counted <close> = setmetatable({}, {__close = function()   -- even if the coroutine is closed
+    l.waits = l.waits - 1
+    if l.waits == 0 then l.idle:signal() end
+  end})
   if not l.polling then
     l.polling = true
-    cq:wrap(function()
-      while l.n > 0 do
-        cqueues.poll(l.ends)
-        for _, t in ipairs(l.ends:ended()) do
-          local c = l.conds[t]
-          l.conds[t] = nil
-          l.n = l.n - 1
-          c:signal()
-        end
-      end
-      l.polling = false
-    end)
+    cq:wrap(poller, l)
   end
-  return cond
+  while not task:done() do
+    local left = deadline and deadline - cqueues.monotime()
+    if left and left <= 0 then return false end
+    cqueues.poll(cond, left or nil)
+  end
+  return true
 end
 
 local function timeouterror(task, timeout)
@@ -85,13 +101,8 @@ function M.await(task, timeout)
   end
   local cq = cqueues.running()
   if cq == nil or task:done() then return task:await(timeout) end
-  local cond = endof(cq, task)
   local deadline = timeout and timeout ~= math.huge and cqueues.monotime() + timeout
-  while not task:done() do
-    local left = deadline and deadline - cqueues.monotime()
-    if left and left <= 0 then error(timeouterror(task, timeout), 2) end
-    cqueues.poll(cond, left or nil)
-  end
+  if not waitend(cq, task, deadline or nil) then error(timeouterror(task, timeout), 2) end
   return task:await()
 end
 

@@ -25,38 +25,48 @@ local unpack = table.unpack
 
 local ends                      -- isolate.completions(), made on first use
 local endpoll                   -- a uv_poll on its descriptor
-local waiting = {}              -- task -> list of functions to call at its end
-local nwaiting = 0              -- tasks in 'waiting'
+local waiting = {}              -- task -> list of waits {fn = f}, f called at its end
+local nwaiting = 0              -- waits not called nor cancelled yet
 
--- Call each of 'fns' with 'arg'; an error is raised after all have run
--- (luv reports it as an error in a callback).
-local function callall(fns, arg)
+-- Call f(arg) for each wait {fn = f} of 'waits' still armed, counting it
+-- out; an error is raised after all have run (luv reports it as an error
+-- in a callback).
+local function callall(waits, arg)
   local failure
-  for i = 1, #fns do
-    local ok, err = xpcall(fns[i], debug.traceback, arg)
-    if not ok and failure == nil then failure = err end
+  for i = 1, #waits do
+    local fn = waits[i].fn
+    if fn then
+      waits[i].fn = nil
+      local ok, err = xpcall(fn, debug.traceback, arg)
+      if not ok and failure == nil then failure = err end
+    end
   end
   if failure ~= nil then error(failure, 0) end
+end
+
+local function counted(n)
+  nwaiting = nwaiting + n
+  if nwaiting == 0 then endpoll:unref()
+  elseif nwaiting == n and n > 0 then endpoll:ref() end
 end
 
 local function dispatch()
-  local list = ends:ended()
-  local fns = {}
-  for _, task in ipairs(list) do
-    for _, fn in ipairs(waiting[task]) do fns[#fns + 1] = {fn, task} end
-    waiting[task] = nil
-    nwaiting = nwaiting - 1
-  end
-  if nwaiting == 0 then endpoll:unref() end
   local failure
-  for _, f in ipairs(fns) do
-    local ok, err = xpcall(f[1], debug.traceback, f[2])
+  for _, task in ipairs(ends:ended()) do
+    local waits = waiting[task]
+    waiting[task] = nil
+    for _, w in ipairs(waits) do
+      if w.fn then counted(-1) end
+    end
+    local ok, err = pcall(callall, waits, task)
     if not ok and failure == nil then failure = err end
   end
   if failure ~= nil then error(failure, 0) end
 end
 
--- call fn(task) from the loop once 'task' has ended (never before this returns)
+-- Call fn(task) from the loop once 'task' has ended (never before this
+-- returns).  Returns a function that cancels the call; the loop is kept
+-- alive while some call is armed.
 local function onend(task, fn)
   if ends == nil then
     ends = isolate.completions()
@@ -64,34 +74,56 @@ local function onend(task, fn)
     endpoll:start("r", dispatch)      -- for good: it keeps the loop alive only
     endpoll:unref()                   -- while somebody waits (ref)
   end
-  local fns = waiting[task]
-  if fns == nil then
-    fns = {}
-    waiting[task] = fns
+  local waits = waiting[task]
+  if waits == nil then
+    waits = {}
+    waiting[task] = waits
     ends:add(task)
-    nwaiting = nwaiting + 1
-    if nwaiting == 1 then endpoll:ref() end
   end
-  fns[#fns + 1] = fn
+  local w = {fn = fn}
+  waits[#waits + 1] = w
+  counted(1)
+  return function()
+    if w.fn then
+      w.fn = nil
+      counted(-1)
+    end
+  end
 end
 
--- call fn() from the loop once task:pollfd() is readable (a message or the end)
-local readers = {}              -- task -> {poll = uv_poll, fns = {...}}
+-- Call fn() from the loop once task:pollfd() is readable (a message or
+-- the end); returns a function that cancels the call.  One uv_poll per
+-- task (libuv takes one per descriptor), closed when nobody waits on it.
+local readers = {}              -- task -> {poll = uv_poll, waits = {...}, n = armed}
 local function onreadable(task, fn)
   local r = readers[task]
-  if r == nil then
-    r = {poll = uv.new_poll(task:pollfd()), fns = {}}
-    readers[task] = r
-    r.poll:start("r", function()
-      local fns = r.fns
-      r.fns = {}
+  local function release()
+    if r.n == 0 and readers[task] == r then
+      readers[task] = nil
       r.poll:stop()
       r.poll:close()
-      readers[task] = nil
-      callall(fns)
+    end
+  end
+  if r == nil then
+    r = {poll = uv.new_poll(task:pollfd()), waits = {}, n = 0}
+    readers[task] = r
+    r.poll:start("r", function()
+      local waits = r.waits
+      r.waits, r.n = {}, 0
+      release()
+      callall(waits)
     end)
   end
-  r.fns[#r.fns + 1] = fn
+  local w = {fn = fn}
+  r.waits[#r.waits + 1] = w
+  r.n = r.n + 1
+  return function()
+    if w.fn then
+      w.fn = nil
+      r.n = r.n - 1
+      release()
+    end
+  end
 end
 
 -- the running coroutine if the loop can resume it, else nil
@@ -102,19 +134,25 @@ local function yieldable()
 end
 
 -- Yield 'co' until wake(...) is called by arm(wake); returns its values.
--- Values from any other resume of 'co' are ignored: it yields again.
+-- arm returns a function that disarms what it armed: called when the
+-- coroutine is closed meanwhile (coroutine.close), so that nothing waits
+-- for it any more.  Values from any other resume of 'co' are ignored: it
+-- yields again.
 local function suspend(co, arm)
   local token, woken = {}, nil
-  arm(function(...)
+  local disarm = arm(function(...)
     if woken == nil and coroutine.status(co) == "suspended" then
       woken = table.pack(...)
       local ok, err = coroutine.resume(co, token)
       if not ok then error(err, 0) end
     end
   end)
+  local guard <close> = setmetatable({}, {__close = function()
+    if woken == nil then woken = false; disarm() end
+  end})
   repeat
     local got = coroutine.yield()
-  until got == token and woken ~= nil
+  until got == token and woken
   return unpack(woken, 1, woken.n)
 end
 
@@ -142,19 +180,20 @@ function M.await(task, timeout)
   local co = yieldable()
   if co == nil or task:done() then return task:await(timeout) end
   local ended = suspend(co, function(wake)
-    local timer
-    onend(task, function()
-      if timer then timer:stop(); timer:close() end
-      wake(true)
-    end)
+    local timer, cancel
+    local function stoptimer()
+      if timer then timer:stop(); timer:close(); timer = nil end
+    end
+    cancel = onend(task, function() stoptimer(); wake(true) end)
     if timeout ~= nil and timeout ~= math.huge then
       timer = uv.new_timer()
       timer:start(math.ceil(timeout * 1000), 0, function()
-        timer:close()
-        timer = nil
+        stoptimer()
+        cancel()                  -- the loop does not wait for the task now
         wake(false)
       end)
     end
+    return function() stoptimer(); cancel() end
   end)
   if not ended then error(timeouterror(task, timeout), 2) end
   return task:await()
@@ -185,7 +224,7 @@ function M.messages(task)
   return function()
     local co = yieldable()
     while co ~= nil and task:pending() == 0 and not task:done() do
-      suspend(co, function(wake) onreadable(task, wake) end)
+      suspend(co, function(wake) return onreadable(task, wake) end)
     end
     return task:receive()
   end
