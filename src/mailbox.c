@@ -23,7 +23,18 @@
 ** =======================================================
 */
 
+/* a descriptor inherited from the parent process is the parent's */
+static void forget_parents (Bell *b) {
+  if (b->rfd >= 0 && b->pid != (int)getpid()) {
+    close(b->rfd);		/* (the child's copy only) */
+    if (b->wfd != b->rfd) close(b->wfd);
+    b->rfd = b->wfd = -1;
+  }
+}
+
+
 int bell_fd (Bell *b) {
+  forget_parents(b);
   if (b->rfd < 0) {
     int ringing = b->ringing;
 #if defined(__linux__)
@@ -36,6 +47,7 @@ int bell_fd (Bell *b) {
     b->rfd = fds[0];
     b->wfd = fds[1];
 #endif
+    b->pid = (int)getpid();
     b->ringing = 0;
     bell_set(b, ringing);
   }
@@ -45,6 +57,12 @@ int bell_fd (Bell *b) {
 
 void bell_set (Bell *b, int ringing) {
   ringing = ringing != 0;
+  if (b->rfd >= 0 && ringing != b->ringing && b->pid != (int)getpid()) {
+    forget_parents(b);
+    b->ringing = ringing;
+    bell_fd(b);			/* the child's own, in this state */
+    return;
+  }
   if (b->rfd >= 0 && ringing != b->ringing) {
     if (ringing) {
       uint64_t one = 1;		/* (one byte of it for a pipe) */
@@ -64,7 +82,7 @@ void bell_set (Bell *b, int ringing) {
 
 
 void bell_close (Bell *b) {
-  if (b->rfd >= 0) {
+  if (b->rfd >= 0) {		/* (a parent's: the child's copy only) */
     close(b->rfd);
     if (b->wfd != b->rfd) close(b->wfd);
   }

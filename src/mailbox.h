@@ -8,6 +8,9 @@
 ** yet, in order, each an encoded message (codec.h); its Bell rings while
 ** it holds a message or the task has ended.  Neither locks: their owner
 ** does (a Job's under its pool's mutex; a Task's is its Lua state's).
+** A forked child shares its parent's descriptors, which the parent rings
+** and quiets: a bell that the child inherited makes a new descriptor for
+** the child when the child uses it, and leaves the parent's alone.
 */
 #ifndef mailbox_h
 #define mailbox_h
@@ -19,9 +22,10 @@
 typedef struct Bell {
   int rfd, wfd;			/* the descriptor polled, the one written (-1: none) */
   int ringing;
+  int pid;			/* the process that made the descriptor */
 } Bell;
 
-#define BELL_INIT	{-1, -1, 0}
+#define BELL_INIT	{-1, -1, 0, 0}
 
 /* the descriptor to poll, made (and rung, if it should) on first use; -1 and errno */
 int bell_fd (Bell *b);

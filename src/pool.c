@@ -475,6 +475,7 @@ static void lose (Job *j) {		/* mutex held */
     "isolate: the process forked while this task was queued or running; "
     "it runs in the parent process only");
   atomic_store_explicit(&j->status, JOB_FAILED, memory_order_release);
+  mailbox_end(&j->mail);	/* (a bell of the child's own: mailbox.h) */
 }
 
 
