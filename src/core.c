@@ -570,7 +570,9 @@ static int collect (lua_State *L, int ti, int keep, double timeout, int cancels)
   }
   o->decoded = 1;
   if (keep) {
-    lua_settop(L, base - 1);	/* closes the output */
+    lua_closeslot(L, base);	/* the output (lua_settop cannot be trusted with
+				   it: Lua 5.4.4 may keep a stale stack pointer) */
+    lua_settop(L, base - 1);
     return replay(L, ti);
   }
   if (t->status != JOB_DONE) {
@@ -988,6 +990,14 @@ static int firstended (Completion *c, Task **queued) {
 }
 
 
+/* the loop waits for the ends of the jobs left (pool.h: emit does not wait then) */
+static void awaited (Completion *c, int delta) {
+  int k;
+  for (k = 0; k < c->left; k++)
+    if (c->tasks[k]->job != NULL) job_awaited(c->tasks[k]->pool, c->tasks[k]->job, delta);
+}
+
+
 static int completion_next (lua_State *L) {
   Completion *c = (Completion *)lua_touserdata(L, lua_upvalueindex(1));
   Watch w = WATCH_INIT;
@@ -1021,7 +1031,9 @@ static int completion_next (lua_State *L) {
     if (queued != NULL && !state_ismain(L) && c->deadline < 0 &&
         pool_wait(queued->pool, queued->job, 0, 1))
       continue;			/* ran it here */
+    awaited(c, 1);		/* no Lua code runs until -1: the jobs stay */
     pool_waitends(seen, ms);
+    awaited(c, -1);
   }
 }
 

@@ -610,8 +610,8 @@ int job_cancel (Pool *p, Job *j) {
 void job_listen (Pool *p, Job *j, int on) {
   pthread_mutex_lock(&p->mu);
   j->listened = on;
-  if (!on) {
-    mailbox_clear(&j->mail);
+  if (!on) {			/* nobody will receive or poll: the bell goes */
+    mailbox_free(&j->mail);
     atomic_store_explicit(&j->nmail, 0, memory_order_relaxed);
     if (j->epoch == epoch) pthread_cond_broadcast(&j->mailed);	/* see lose() */
   }
@@ -711,6 +711,15 @@ int job_receive (Pool *p, Job *j, Mail **mail, long ms) {
   }
   pthread_mutex_unlock(&p->mu);
   return r;
+}
+
+
+void job_awaited (Pool *p, Job *j, int delta) {
+  pthread_mutex_lock(&p->mu);
+  j->waiters += delta;
+  if (delta > 0 && j->waiters == delta && mailbox_full(&j->mail) && j->epoch == epoch)
+    pthread_cond_broadcast(&j->mailed);	/* an emit waits no more */
+  pthread_mutex_unlock(&p->mu);
 }
 
 

@@ -76,7 +76,8 @@ int job_cancel (Pool *p, Job *j);
 
 /*
 ** A job's messages (isolate.emit): 'on' when somebody may receive them
-** (a spawned task), else they are dropped (those held too).
+** (a spawned task); off, they are dropped (those held too), and so is its
+** descriptor (nobody can poll it: the task's handle is gone).
 */
 void job_listen (Pool *p, Job *j, int on);
 /*
@@ -92,6 +93,8 @@ int job_emit (Pool *p, Job *j, Buffer *msg);
 ** job has ended); -1 if none came in time.
 */
 int job_receive (Pool *p, Job *j, Mail **mail, long ms);
+/* a caller begins (+1) or ends (-1) a wait for the end of 'j' outside pool_wait */
+void job_awaited (Pool *p, Job *j, int delta);
 /* the messages of 'j' not received yet */
 size_t job_pending (Pool *p, Job *j);
 /* the descriptor that is readable while 'j' has a message or has ended; -1 and errno */
