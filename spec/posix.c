@@ -3,7 +3,8 @@
 **
 ** Debian has no luaposix for Lua 5.4, and the specs need only a handful
 ** of calls: fork a process that has already started the pool, signal a
-** process, and collect how a child ended.  `make test` builds this into
+** process, and collect how a child ended; poll a descriptor and count the
+** open ones for the specs of descriptors (task:pollfd()).  `make test` builds this into
 ** build/spec/posix.so; a spec loads it with "build/spec/?.so" on
 ** package.cpath, as require "posix".
 **
@@ -11,7 +12,9 @@
 ** (the system said no) returns nil, a message and errno, as io.open does.
 */
 #define _POSIX_C_SOURCE 200809L	/* kill, clock_gettime */
+#include <dirent.h>
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/types.h>
@@ -123,6 +126,45 @@ static int p_monotonic (lua_State *L) {
 }
 
 
+/*
+** poll(fd, ms) -> true if fd is readable within ms milliseconds (0: look
+** only), false if not: for the specs of task:pollfd() and
+** completions:pollfd(), which socket.select cannot take as raw numbers.
+*/
+static int p_poll (lua_State *L) {
+  struct pollfd pfd;
+  lua_Integer ms = luaL_checkinteger(L, 2);
+  int r;
+  pfd.fd = (int)luaL_checkinteger(L, 1);
+  pfd.events = POLLIN;
+  pfd.revents = 0;
+  luaL_argcheck(L, 0 <= ms && ms <= 600000, 2, "out of range");
+  do r = poll(&pfd, 1, (int)ms);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) return failure(L, "poll");
+  if (r > 0 && (pfd.revents & POLLNVAL)) {
+    errno = EBADF;
+    return failure(L, "poll");
+  }
+  lua_pushboolean(L, r > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR)) != 0);
+  return 1;
+}
+
+
+/* fdcount() -> the number of descriptors this process has open */
+static int p_fdcount (lua_State *L) {
+  DIR *d = opendir("/proc/self/fd");
+  struct dirent *e;
+  lua_Integer n = 0;
+  if (d == NULL) return failure(L, "opendir /proc/self/fd");
+  while ((e = readdir(d)) != NULL)
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  lua_pushinteger(L, n - 1);	/* not the directory's own */
+  return 1;
+}
+
+
 static const luaL_Reg funcs[] = {
   {"fork", p_fork},
   {"waitpid", p_waitpid},
@@ -131,6 +173,8 @@ static const luaL_Reg funcs[] = {
   {"kill", p_kill},
   {"alarm", p_alarm},
   {"monotonic", p_monotonic},
+  {"poll", p_poll},
+  {"fdcount", p_fdcount},
   {NULL, NULL}
 };
 
