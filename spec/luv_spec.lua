@@ -281,14 +281,12 @@ describe("isolate.luv's descriptors", function()
 end)
 
 describe("await inside coroutines", function()
-  -- LIBRARY BUG (a crash): core.c collect() closes the Output's
-  -- to-be-closed slot with lua_settop(L, base - 1); on Lua 5.4.4 (Debian
-  -- 12's) lua_settop keeps a stale stack pointer when the __close call
-  -- reallocates the stack (Lua's bug "lua_settop may use an invalid
-  -- pointer to stack", fixed in 5.4.5), so await in a coroutine whose
-  -- stack must grow for it crashes with SIGSEGV.  Smallest case: an ended
-  -- task awaited at a recursion depth of 3 in a fresh coroutine.
-  it("LIBRARY BUG: task:await() works at every stack depth of a fresh coroutine (subprocess)", function()
+  -- core.c's collect closes the Output's to-be-closed slot; Lua 5.4.4's
+  -- lua_settop kept a stale stack pointer when that __close call moved
+  -- the stack (fixed in 5.4.5), so it closes it with lua_closeslot first.
+  -- Smallest case: an ended task awaited at a recursion depth of 3 in a
+  -- fresh coroutine.
+  it("task:await() works at every stack depth of a fresh coroutine (subprocess)", function()
     local r = sub.run("spec/scenario/adapters.lua", {"depth"}, {timeout = 30})
     assert.equal(0, r.code, r.report)
     assert.equal("ok\n", r.stdout, r.report)
