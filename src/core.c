@@ -782,13 +782,35 @@ static int mail_gc (lua_State *L) {
 typedef struct Ends {
   Endset *set;			/* NULL once closed */
   lua_Integer n;		/* tasks in it, not taken yet */
+  unsigned long epoch;		/* pool_epoch() when it last looked for lost jobs */
 } Ends;
 
 #define ISOLATE_COMPLETIONS	"isolate.Completions"
 
+/*
+** In a forked child, the parent's jobs in the set are lost (they fail
+** there, pool.c) without telling the set: they are put in it again as
+** jobs that have ended.
+*/
+static void findlost (lua_State *L, Ends *e, int i) {
+  e->epoch = pool_epoch();
+  lua_getiuservalue(L, i, 1);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    Task *t = (Task *)lua_touserdata(L, -1);
+    if (t->job != NULL && isended(job_status(t->pool, t->job)) &&
+        endset_remove(e->set, t->pool, t->job, t))
+      endset_add(e->set, t->pool, t->job, t);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+
 static Ends *checkends (lua_State *L, int i) {
   Ends *e = (Ends *)luaL_checkudata(L, i, ISOLATE_COMPLETIONS);
   if (e->set == NULL) luaL_error(L, "isolate: completions are closed");
+  if (e->epoch != pool_epoch()) findlost(L, e, i);
   return e;
 }
 
@@ -797,6 +819,7 @@ static int l_completions (lua_State *L) {
   Ends *e = (Ends *)lua_newuserdatauv(L, sizeof(Ends), 1);
   e->set = NULL;
   e->n = 0;
+  e->epoch = pool_epoch();
   luaL_setmetatable(L, ISOLATE_COMPLETIONS);
   lua_newtable(L);
   lua_setiuservalue(L, -2, 1);
@@ -826,6 +849,27 @@ static int ends_add (lua_State *L) {
         lua_error(L);
       }
       e->n++;
+    }
+    lua_pop(L, 1);
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+
+/* remove(task, ...): the tasks leave the set (those not in it: nothing happens) */
+static int ends_remove (lua_State *L) {
+  Ends *e = checkends(L, 1);
+  int i, top = lua_gettop(L);
+  for (i = 2; i <= top; i++) checktask(L, i);
+  lua_getiuservalue(L, 1, 1);
+  for (i = 2; i <= top; i++) {
+    Task *t = (Task *)lua_touserdata(L, i);
+    if (lua_rawgetp(L, top + 1, t) != LUA_TNIL) {
+      endset_remove(e->set, t->pool, t->job, t);
+      lua_pushnil(L);
+      lua_rawsetp(L, top + 1, t);
+      e->n--;
     }
     lua_pop(L, 1);
   }
@@ -866,6 +910,26 @@ static int ends_ended (lua_State *L) {
 }
 
 
+/*
+** Inside an isolate, a task of the set that is still queued in this
+** thread's pool is run here, as await would (nested waits never
+** deadlock); true if one was.
+*/
+static int runqueued (lua_State *L) {
+  int ran = 0;
+  lua_getiuservalue(L, 1, 1);
+  lua_pushnil(L);
+  while (!ran && lua_next(L, -2)) {
+    Task *t = (Task *)lua_touserdata(L, -1);
+    if (t->job != NULL && job_status(t->pool, t->job) == JOB_QUEUED)
+      ran = pool_wait(t->pool, t->job, 0, 1);
+    lua_pop(L, 1);
+  }
+  lua_settop(L, 1);
+  return ran;
+}
+
+
 /* wait([timeout]): as ended(), once some task has ended (an empty list on timeout) */
 static int ends_wait (lua_State *L) {
   Ends *e = checkends(L, 1);
@@ -882,6 +946,7 @@ static int ends_wait (lua_State *L) {
       double left = deadline - now();
       if (left < (double)ms / 1000) ms = left > 0 ? (long)(left * 1000) : 0;
     }
+    if (timeout < 0 && !state_ismain(L) && runqueued(L)) continue;
     if ((key = endset_take(e->set, ms)) != NULL) return ends_taken(L, e, key);
     state_checkcancel(L);
     if (timeout >= 0 && now() >= deadline) return ends_taken(L, e, NULL);
@@ -896,9 +961,23 @@ static int ends_len (lua_State *L) {
 }
 
 
+/*
+** The tasks still running leave the set first: a set that nobody owns
+** waits for no end (pool.h: emit waits for room again).  (No allocation:
+** it may be a finalizer.)
+*/
 static int ends_close (lua_State *L) {
   Ends *e = (Ends *)luaL_checkudata(L, 1, ISOLATE_COMPLETIONS);
   if (e->set != NULL) {
+    if (lua_getiuservalue(L, 1, 1) == LUA_TTABLE) {
+      lua_pushnil(L);
+      while (lua_next(L, -2)) {
+        Task *t = (Task *)luaL_testudata(L, -1, ISOLATE_TASK);
+        if (t != NULL && t->job != NULL) endset_remove(e->set, t->pool, t->job, t);
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
     endset_release(e->set);
     e->set = NULL;
     e->n = 0;
@@ -1541,6 +1620,7 @@ static const luaL_Reg task_meta[] = {
 
 static const luaL_Reg ends_methods[] = {
   {"add", ends_add},
+  {"remove", ends_remove},
   {"pollfd", ends_pollfd},
   {"events", pollable_events},
   {"timeout", pollable_timeout},

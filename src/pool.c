@@ -400,6 +400,41 @@ int endset_add (Endset *s, Pool *p, Job *j, void *key) {
 }
 
 
+int endset_remove (Endset *s, Pool *p, Job *j, void *key) {
+  Watch *w = NULL, **link;
+  if (j != NULL) {		/* still on its job's list? */
+    pthread_mutex_lock(&p->mu);
+    for (link = &j->watches; *link != NULL; link = &(*link)->next)
+      if ((*link)->set == s && (*link)->key == key) {
+        w = *link;
+        *link = w->next;
+        j->waiters--;
+        break;
+      }
+    pthread_mutex_unlock(&p->mu);
+  }
+  pthread_mutex_lock(&s->mu);
+  if (w == NULL) {		/* then on the set's, if it ended */
+    Watch *prev = NULL;
+    for (w = s->ended; w != NULL && w->key != key; prev = w, w = w->next) ;
+    if (w != NULL) {
+      if (prev == NULL) s->ended = w->next;
+      else prev->next = w->next;
+      if (s->last == w) s->last = prev;
+      bell_set(&s->bell, s->ended != NULL);
+    }
+  }
+  if (w == NULL) {
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+  }
+  free(w);
+  s->refs--;			/* (never the last: the owner's is left) */
+  pthread_mutex_unlock(&s->mu);
+  return 1;
+}
+
+
 int endset_fd (Endset *s) {
   int fd;
   pthread_mutex_lock(&s->mu);
@@ -636,6 +671,7 @@ int job_pollfd (Pool *p, Job *j) {
 */
 static int must_wait (Job *j) {
   return j->listened && j->waiters == 0 && !atomic_load(&j->cancel) &&
+         j->epoch == epoch &&	/* (a child forked in the isolate: nobody reads) */
          (j->emitwaits ? !mailbox_half(&j->mail) : mailbox_full(&j->mail));
 }
 
@@ -651,7 +687,7 @@ int job_emit (Pool *p, Job *j, Buffer *msg) {
   }
   j->emitwaits = 0;
   if (atomic_load(&j->cancel)) r = -1;
-  else if (!j->listened) r = 0;
+  else if (!j->listened || j->epoch != epoch) r = 0;
   else if (!mailbox_put(&j->mail, msg)) r = -2;
   else {
     atomic_store_explicit(&j->nmail, j->mail.n, memory_order_relaxed);
@@ -1379,6 +1415,11 @@ int pool_close (Pool *p, long ms) {
 
 const char *pool_name (Pool *p) {
   return p->name;
+}
+
+
+unsigned long pool_epoch (void) {
+  return epoch;
 }
 
 

@@ -55,6 +55,8 @@ void pool_cancelall (Pool *p);
 void pool_stats (Pool *p, PoolStats *s);
 /* the name it was given (NULL: none) */
 const char *pool_name (Pool *p);
+/* one more in each forked child (its parent's jobs are lost there) */
+unsigned long pool_epoch (void);
 /* NULL if 'p' can take jobs, else why not */
 const char *pool_unusable (Pool *p);
 
@@ -112,6 +114,8 @@ Endset *endset_new (void);
 void endset_release (Endset *s);
 /* add 'j', known as 'key' (0: no memory); a job that has ended (or NULL: one let go of) is ready at once */
 int endset_add (Endset *s, Pool *p, Job *j, void *key);
+/* take 'j' (known as 'key') out of the set, ended or not; 0 if it was not there */
+int endset_remove (Endset *s, Pool *p, Job *j, void *key);
 /* its descriptor (-1 and errno) */
 int endset_fd (Endset *s);
 /* the key of the job that ended first among those not taken, waiting up to 'ms' ms; NULL: none */

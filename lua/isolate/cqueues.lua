@@ -40,7 +40,7 @@ local loops = setmetatable({}, {__mode = "k"})
 local function loopof(cq)
   local l = loops[cq]
   if l == nil then
-    l = {ends = isolate.completions(), conds = {}, waits = 0, polling = false,
+    l = {ends = isolate.completions(), conds = {}, counts = {}, waits = 0, polling = false,
          idle = condition.new()}
     loops[cq] = l
   end
@@ -52,7 +52,7 @@ local function poller(l)
     cqueues.poll(l.ends, l.idle)
     for _, t in ipairs(l.ends:ended()) do
       local c = l.conds[t]
-      l.conds[t] = nil
+      l.conds[t], l.counts[t] = nil, nil
       c:signal()
     end
   end
@@ -67,12 +67,22 @@ local function waitend(cq, task, deadline)
   if cond == nil then
     cond = condition.new()
     l.conds[task] = cond
+    l.counts[task] = 0
     l.ends:add(task)
   end
   l.waits = l.waits + 1
+  l.counts[task] = l.counts[task] + 1
   local counted <close> = setmetatable({}, {__close = function()   -- even if the coroutine is closed
     l.waits = l.waits - 1
     if l.waits == 0 then l.idle:signal() end
+    if l.conds[task] == cond then
+      l.counts[task] = l.counts[task] - 1
+      if l.counts[task] == 0 and not task:done() then
+        l.conds[task], l.counts[task] = nil, nil   -- nobody waits for it: the set
+        l.ends:remove(task)                      -- lets go (an emit past the limit
+        cond:signal()                            -- waits for a reader again); and
+      end                                        -- cqueues forgets a closed waiter
+    end
   end})
   if not l.polling then
     l.polling = true

@@ -87,6 +87,13 @@ local function onend(task, fn)
     if w.fn then
       w.fn = nil
       counted(-1)
+      for _, other in ipairs(waits) do
+        if other.fn then return end
+      end
+      if waiting[task] == waits then    -- nobody waits for it now: the set
+        waiting[task] = nil             -- lets go (an emit past the limit waits
+        ends:remove(task)               -- for a reader again)
+      end
     end
   end
 end
