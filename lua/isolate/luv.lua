@@ -194,6 +194,7 @@ function M.await(task, timeout)
     cancel = onend(task, function() stoptimer(); wake(true) end)
     if timeout ~= nil and timeout ~= math.huge then
       timer = uv.new_timer()
+      uv.update_time()          -- (the loop's clock is as old as its last turn)
       timer:start(math.ceil(timeout * 1000), 0, function()
         stoptimer()
         cancel()                  -- the loop does not wait for the task now
