@@ -679,7 +679,7 @@ static int must_wait (Job *j) {
 int job_emit (Pool *p, Job *j, Buffer *msg) {
   int r = 1;
   pthread_mutex_lock(&p->mu);
-  while (must_wait(j)) {
+  while (must_wait(j) && !p->closing) {	/* (close waits for the ends) */
     struct timespec deadline;
     j->emitwaits = 1;
     deadline_in(&deadline, ISOLATE_WAIT_MS);
@@ -1395,6 +1395,7 @@ void pool_release (Pool *p) {
 
 int pool_close (Pool *p, long ms) {
   struct timespec deadline;
+  Job *j;
   int gone;
   if (p == &default_pool) return 0;
   deadline_in(&deadline, ms > 0 ? ms : 0);
@@ -1403,6 +1404,8 @@ int pool_close (Pool *p, long ms) {
   pthread_cond_broadcast(&p->work);
   pthread_cond_signal(&p->prep);
   if (p->head == NULL) stopinits(p);	/* they prepare states for nothing */
+  for (j = p->running; j != NULL; j = j->next)	/* it waits for their ends: */
+    pthread_cond_broadcast(&j->mailed);	/* an emit waits for room no more */
   while (p->threads > 0 && ms != 0) {
     if (ms < 0) pthread_cond_wait(&p->gone, &p->mu);
     else if (pthread_cond_timedwait(&p->gone, &p->mu, &deadline) == ETIMEDOUT) break;
