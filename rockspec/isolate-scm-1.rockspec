@@ -34,6 +34,7 @@ build = {
       ["isolate"] = "lua/isolate/init.lua",
       ["isolate.luv"] = "lua/isolate/luv.lua",
       ["isolate.cqueues"] = "lua/isolate/cqueues.lua",
+      ["isolate.adapters"] = "lua/isolate/adapters.lua",
       ["isolate.core"] = {
          sources = { "src/core.c", "src/codec.c", "src/names.c", "src/message.c",
                      "src/buffer.c", "src/mailbox.c", "src/pool.c", "src/state.c" },

@@ -1699,46 +1699,45 @@ static void errortype (lua_State *L, const char *tname, const char *field,
 }
 
 
+/* a type's metatable 'tname' with 'meta', and 'methods' as its __index */
+static void newclass (lua_State *L, const char *tname, const luaL_Reg *meta,
+                      const luaL_Reg *methods) {
+  luaL_newmetatable(L, tname);
+  luaL_setfuncs(L, meta, 0);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
+
+
+/* the metatable of an internal type: getmetatable gives false */
+static void hiddenclass (lua_State *L, const char *tname, lua_CFunction gc,
+                         lua_CFunction close) {
+  luaL_newmetatable(L, tname);
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__gc");
+  if (close != NULL) {
+    lua_pushcfunction(L, close);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+}
+
+
 int luaopen_isolate_core (lua_State *L);
 
 int luaopen_isolate_core (lua_State *L) {
   static pthread_once_t pinned = PTHREAD_ONCE_INIT;
   pthread_once(&pinned, pin_library);
-  luaL_newmetatable(L, ISOLATE_TASK);
-  luaL_setfuncs(L, task_meta, 0);
-  luaL_newlib(L, task_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  luaL_newmetatable(L, ISOLATE_COMPLETIONS);
-  luaL_setfuncs(L, ends_meta, 0);
-  luaL_newlib(L, ends_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  luaL_newmetatable(L, ISOLATE_POOL);
-  luaL_setfuncs(L, pool_meta, 0);
-  luaL_newlib(L, pool_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  luaL_newmetatable(L, ISOLATE_COMPLETION);
-  lua_pushcfunction(L, completion_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
-  luaL_newmetatable(L, ISOLATE_MAIL);
-  lua_pushcfunction(L, mail_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushboolean(L, 0);
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
-  luaL_newmetatable(L, ISOLATE_OUTPUT);
-  lua_pushcfunction(L, output_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, output_close);
-  lua_setfield(L, -2, "__close");
-  lua_pushboolean(L, 0);	/* getmetatable(output) is false */
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
+  newclass(L, ISOLATE_TASK, task_meta, task_methods);
+  newclass(L, ISOLATE_COMPLETIONS, ends_meta, ends_methods);
+  newclass(L, ISOLATE_POOL, pool_meta, pool_methods);
+  hiddenclass(L, ISOLATE_COMPLETION, completion_gc, NULL);
+  hiddenclass(L, ISOLATE_MAIL, mail_gc, NULL);
+  hiddenclass(L, ISOLATE_OUTPUT, output_gc, output_close);
   luaL_newlib(L, funcs);
   errortype(L, ISOLATE_REMOTEERROR, "RemoteError", remote_tostring);
   errortype(L, ISOLATE_TIMEOUTERROR, "TimeoutError", timeout_tostring);

@@ -21,15 +21,11 @@ local isolate = require "isolate"
 local cqueues = require "cqueues"
 local condition = require "cqueues.condition"
 
+local adapters = require "isolate.adapters"
+local checktask, checktimeout, timeouterror =
+  adapters.checktask, adapters.checktimeout, adapters.timeouterror
+
 local M = {}
-
-local Task = require("isolate.core").Task
-
-local function checktask(task, fname)
-  if getmetatable(task) ~= Task then
-    error(string.format("bad argument #1 to '%s' (task expected, got %s)", fname, type(task)), 3)
-  end
-end
 
 -- What each controller has: its set, the condition of each task in it,
 -- the awaits under way, and the condition that stops its poller when
@@ -96,19 +92,10 @@ local function waitend(cq, task, deadline)
   return true
 end
 
-local function timeouterror(task, timeout)
-  return setmetatable({
-    message = string.format("isolate: task %s did not end within %s seconds", tostring(task), timeout),
-    timeout = timeout,
-  }, isolate.TimeoutError)
-end
-
 -- await(task [, timeout]): the task's results, or its error raised here
 function M.await(task, timeout)
   checktask(task, "await")
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
-    error("bad argument #2 to 'await' (timeout must be a number >= 0)", 2)
-  end
+  checktimeout(timeout, "await")
   local cq = cqueues.running()
   if cq == nil or task:done() then return task:await(timeout) end
   local deadline = timeout and timeout ~= math.huge and cqueues.monotime() + timeout

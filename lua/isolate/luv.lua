@@ -19,6 +19,10 @@
 local isolate = require "isolate"
 local uv = require "luv"
 
+local adapters = require "isolate.adapters"
+local checktask, checktimeout, timeouterror =
+  adapters.checktask, adapters.checktimeout, adapters.timeouterror
+
 local M = {}
 
 local unpack = table.unpack
@@ -163,27 +167,10 @@ local function suspend(co, arm)
   return unpack(woken, 1, woken.n)
 end
 
-local function timeouterror(task, timeout)
-  return setmetatable({
-    message = string.format("isolate: task %s did not end within %s seconds", tostring(task), timeout),
-    timeout = timeout,
-  }, isolate.TimeoutError)
-end
-
-local Task = require("isolate.core").Task
-
-local function checktask(task, fname)
-  if getmetatable(task) ~= Task then
-    error(string.format("bad argument #1 to '%s' (task expected, got %s)", fname, type(task)), 3)
-  end
-end
-
 -- await(task [, timeout]): the task's results, or its error raised here
 function M.await(task, timeout)
   checktask(task, "await")
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
-    error("bad argument #2 to 'await' (timeout must be a number >= 0)", 2)
-  end
+  checktimeout(timeout, "await")
   local co = yieldable()
   if co == nil or task:done() then return task:await(timeout) end
   local ended = suspend(co, function(wake)
