@@ -299,6 +299,102 @@ describe("cqueues.poll on a task", function()
   end)
 end)
 
+-- After an await that timed out, or whose coroutine was closed, nobody
+-- waits for the task's end: the controller's completions set lets go of
+-- it, and an emitter that nobody reads is held at the queue's bound again.
+describe("isolate.cqueues and the bound of a task's messages", function()
+  local QUEUE = 1000
+
+  -- Inside an isolate: wait for the file 'path', then send n messages.
+  local function gatedflood(path, n)
+    gate(path)
+    for i = 1, n do isolate.emit(i) end
+    return n
+  end
+
+  -- Open the gate of 'task' (a gatedflood), wait (bounded) until its
+  -- queue is full, then watch it for 0.3 s: pending must stay <= QUEUE
+  -- and the task run on (held in emit).  Cancels the task.
+  local function held(task, go)
+    touch(go)
+    local full = poll.eventually(function() return task:pending() >= QUEUE - 1 end, 10)
+    local t0, most = now(), 0
+    while full and now() - t0 < 0.3 do
+      most = math.max(most, task:pending())
+      cqueues.sleep(0.005)
+    end
+    most = math.max(most, task:pending())
+    local status = task:status()
+    task:cancel()
+    assert.is_true(task:wait(5), "still running 5 s after cancel()")
+    os.remove(go)
+    assert.is_true(full, "the queue did not fill within 10 s: pending " .. task:pending())
+    assert.is_true(most <= QUEUE, "pending reached " .. most .. ": the adapter still waits for the task")
+    assert.equal("running", status)
+  end
+
+  it("holds again after await(task, timeout) timed out in a controller (which lives on)", function()
+    local cq = cqueues.new()
+    local go = marker()
+    local task = isolate.spawn(gatedflood, go, 5000)
+    local err
+    cq:wrap(function()
+      local ok
+      ok, err = pcall(iso.await, task, 0.05)
+      assert(not ok, "await returned")
+    end)
+    runs(cq, 10)
+    assert.equal(isolate.TimeoutError, getmetatable(err))
+    held(task, go)
+    -- and the controller's set still works
+    local d
+    cq:wrap(function() d = iso.run(function() return "d" end) end)
+    runs(cq, 10)
+    assert.equal("d", d)
+  end)
+
+  it("holds again after the coroutine that awaited the task was closed", function()
+    local cq = cqueues.new()
+    local go = marker()
+    local task = isolate.spawn(gatedflood, go, 5000)
+    local a
+    cq:wrap(function()
+      a = coroutine.running()
+      iso.await(task)
+    end)
+    cq:wrap(function()
+      cqueues.sleep(0.02)
+      assert(coroutine.close(a))
+    end)
+    -- (cqueues reports its closed coroutine once, as "cannot resume dead
+    -- coroutine", from cq:loop)
+    local empty, errors = run(cq, 10)
+    for _, e in ipairs(errors) do assert.matches("cannot resume dead coroutine", e, 1, true) end
+    assert.is_true(empty, "the controller did not end within 10 s: it still waits for the task")
+    assert.equal("dead", coroutine.status(a))
+    held(task, go)
+  end)
+
+  it("does not hold while another coroutine still awaits the task", function()
+    local cq = cqueues.new()
+    local go = marker()
+    local task = isolate.spawn(gatedflood, go, 3000)
+    local result
+    cq:wrap(function() pcall(iso.await, task, 0.05) end)
+    cq:wrap(function()
+      cq:wrap(function()	-- (the gate opens once the first await timed out)
+        cqueues.sleep(0.1)
+        touch(go)
+      end)
+      result = iso.await(task, 10)
+    end)
+    runs(cq, 10)
+    os.remove(go)
+    assert.equal(3000, result)
+    assert.equal(3000, task:pending())
+  end)
+end)
+
 describe("isolate.cqueues' descriptors", function()
   -- (in a subprocess, as luv_spec's: see the crash in await reported there)
   it("are released after 1,000 awaited tasks and 100 read ones (subprocess)", function()
@@ -309,5 +405,36 @@ describe("isolate.cqueues' descriptors", function()
     local before, after = r.stdout:match("fds (%d+) (%d+)")
     assert.is_not_nil(before, r.report)
     assert.equal(before, after, "descriptors open before and after\n" .. r.report)
+  end)
+end)
+
+-- The README's cqueues example, as it stands in the section "Event
+-- loops", run as a script of its own.
+describe("the README's cqueues example", function()
+  -- the ```lua block of README.md's section 'title' that contains 'needle'
+  local function example(title, needle)
+    local readme = assert(poll.read("README.md"))
+    local from = assert(readme:find("\n### " .. title .. "\n", 1, true), "no section " .. title)
+    local upto = readme:find("\n##", from + 1, true) or #readme
+    local section = readme:sub(from, upto)
+    for block in section:gmatch("```lua\n(.-)```") do
+      if block:find(needle, 1, true) then return block end
+    end
+    error("no ```lua block with " .. needle .. " in the section " .. title)
+  end
+
+  it("runs: the steps in order, then done, and the controller's three lines (subprocess)", function()
+    local path = os.tmpname()
+    poll.touch(path, example("Event loops", 'require "cqueues"'))
+    local r = sub.run(path, {}, {timeout = 30})
+    os.remove(path)
+    assert.equal(0, r.code, r.report)
+    local mine, controller = {}, 0
+    for line in r.stdout:gmatch("[^\n]+") do
+      if line == "the controller runs" then controller = controller + 1
+      else mine[#mine + 1] = line end
+    end
+    assert.same({"step\t1", "step\t2", "step\t3", "done"}, mine, r.report)
+    assert.equal(3, controller, r.report)
   end)
 end)

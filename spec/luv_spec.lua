@@ -267,6 +267,85 @@ describe("isolate.luv outside a coroutine", function()
   end)
 end)
 
+-- After an await that timed out, or whose coroutine was closed, nobody
+-- waits for the task's end: the adapter's completions set lets go of it,
+-- and an emitter that nobody reads is held at the queue's bound again
+-- (/tmp/hostile4/luv_timeout_unbounded.lua).
+describe("isolate.luv and the bound of a task's messages", function()
+  local QUEUE = 1000
+
+  -- Inside an isolate: wait for the file 'path', then send n messages.
+  local function gatedflood(path, n)
+    gate(path)
+    for i = 1, n do isolate.emit(i) end
+    return n
+  end
+
+  -- Open the gate of 'task' (a gatedflood), wait (bounded) until its
+  -- queue is full, then watch it for 0.3 s: pending must stay <= QUEUE
+  -- and the task run on (held in emit).  Cancels the task.
+  local function held(task, go_)
+    touch(go_)
+    local full = poll.eventually(function() return task:pending() >= QUEUE - 1 end, 10)
+    local t0, most = now(), 0
+    while full and now() - t0 < 0.3 do
+      most = math.max(most, task:pending())
+      uv.sleep(5)
+    end
+    most = math.max(most, task:pending())
+    local status = task:status()
+    task:cancel()
+    assert.is_true(task:wait(5), "still running 5 s after cancel()")
+    os.remove(go_)
+    assert.is_true(full, "the queue did not fill within 10 s: pending " .. task:pending())
+    assert.is_true(most <= QUEUE, "pending reached " .. most .. ": the adapter still waits for the task")
+    assert.equal("running", status)
+  end
+
+  it("holds again after await(task, timeout) timed out in a coroutine", function()
+    local go_ = marker()
+    local task = isolate.spawn(gatedflood, go_, 5000)
+    local err
+    go(function()
+      local ok
+      ok, err = pcall(iso.await, task, 0.05)
+      assert(not ok, "await returned")
+    end)
+    assert.is_true(runloop(10), "the loop did not end within 10 s")
+    assert.same({}, failures)
+    assert.equal(isolate.TimeoutError, getmetatable(err))
+    held(task, go_)
+  end)
+
+  it("holds again after the coroutine that awaited the task was closed", function()
+    local go_ = marker()
+    local task = isolate.spawn(gatedflood, go_, 5000)
+    local co = go(function() iso.await(task) end)
+    assert.equal("suspended", coroutine.status(co))
+    assert.is_true(coroutine.close(co))
+    assert.is_true(runloop(10), "the loop did not end within 10 s: it still waits for the task")
+    assert.same({}, failures)
+    held(task, go_)
+  end)
+
+  it("does not hold while another coroutine still awaits the task", function()
+    local go_ = marker()
+    local task = isolate.spawn(gatedflood, go_, 3000)
+    local result
+    go(function() pcall(iso.await, task, 0.05) end)
+    go(function()
+      local t = uv.new_timer()	-- (the gate opens once the first await timed out)
+      t:start(100, 0, function() t:close(); touch(go_) end)
+      result = iso.await(task, 10)
+    end)
+    assert.is_true(runloop(10), "the loop did not end within 10 s")
+    os.remove(go_)
+    assert.same({}, failures)
+    assert.equal(3000, result)
+    assert.equal(3000, task:pending())
+  end)
+end)
+
 describe("isolate.luv's descriptors", function()
   -- (in a subprocess: the await below crashed the process, see the spec after)
   it("are released after 1,000 awaited tasks and 100 read ones (subprocess)", function()
@@ -290,5 +369,37 @@ describe("await inside coroutines", function()
     local r = sub.run("spec/scenario/adapters.lua", {"depth"}, {timeout = 30})
     assert.equal(0, r.code, r.report)
     assert.equal("ok\n", r.stdout, r.report)
+  end)
+end)
+
+-- The README's luv example, as it stands in the section "Event loops",
+-- run as a script of its own.
+describe("the README's luv example", function()
+  -- the ```lua block of README.md's section 'title' that contains 'needle'
+  local function example(title, needle)
+    local readme = assert(poll.read("README.md"))
+    local from = assert(readme:find("\n### " .. title .. "\n", 1, true), "no section " .. title)
+    local upto = readme:find("\n##", from + 1, true) or #readme
+    local section = readme:sub(from, upto)
+    for block in section:gmatch("```lua\n(.-)```") do
+      if block:find(needle, 1, true) then return block end
+    end
+    error("no ```lua block with " .. needle .. " in the section " .. title)
+  end
+
+  it("runs: the callback's line, and the sum with the ticks of the timer meanwhile (subprocess)", function()
+    local path = os.tmpname()
+    poll.touch(path, example("Event loops", 'require "luv"'))
+    local r = sub.run(path, {}, {timeout = 60})
+    os.remove(path)
+    assert.equal(0, r.code, r.report)
+    local lines = {}
+    for line in r.stdout:gmatch("[^\n]+") do lines[#lines + 1] = line end
+    assert.equal(2, #lines, r.report)
+    table.sort(lines)			-- (callback before sum)
+    assert.equal("callback\ttrue\t5", lines[1], r.report)
+    local ticks = lines[2]:match("^sum\t149999998\tticks meanwhile\t(%d+)$")
+    assert.is_not_nil(ticks, r.report)
+    assert.is_true(tonumber(ticks) > 0, "the timer did not tick while run waited\n" .. r.report)
   end)
 end)

@@ -9,6 +9,12 @@
 --   interrupt  prints "ready PID", then blocks in task:receive() on a task
 --              that sends nothing (it touches MARKER when it runs); the spec
 --              sends SIGINT, which must end the process with "interrupted!"
+--   nested     run under `taskset -c 0`, so that the default pool has one
+--              worker: an isolate waits for a task it spawned (queued, as
+--              the one worker runs the isolate) with completions:wait(),
+--              isolate.completed (the task sends 1500 messages) and
+--              receive; prints "workers N", then "<how> ok <results>" for
+--              each, or "<how> failed <error>" (an await of 8 s at most)
 local isolate = require "isolate"
 local posix = require "posix"
 
@@ -69,6 +75,48 @@ elseif mode == "interrupt" then
   io.stdout:write("ready ", posix.getpid(), "\n")
   local v = task:receive()
   io.stdout:write("returned ", tostring(v), "\n")
+elseif mode == "nested" then
+  print("workers", isolate.stats().workers)
+  local cases = {
+    {"completions.wait", function()
+      local inner = isolate.spawn(function() return "inner" end)
+      local c = isolate.completions():add(inner)
+      local list = c:wait()
+      return #list, list[1] == inner, inner:await(), #c
+    end},
+    {"completed", function()
+      local inner = isolate.spawn(function()
+        for i = 1, 1500 do isolate.emit(i) end
+        return "inner"
+      end)
+      for _ in isolate.completed({inner}) do end
+      return inner:pending()
+    end},
+    {"receive", function()
+      local inner = isolate.spawn(function()
+        for i = 1, 2500 do isolate.emit(i) end
+        return "inner"
+      end)
+      local n = 0
+      for v in inner:messages() do
+        n = n + 1
+        if v ~= n then error("message " .. n .. " was " .. tostring(v)) end
+      end
+      return n, inner:await()
+    end},
+  }
+  for _, case in ipairs(cases) do
+    local t = isolate.spawn(case[2])
+    local r = table.pack(pcall(t.await, t, 8))
+    if r[1] then
+      print(case[1], "ok", table.unpack(r, 2, r.n))
+    else
+      t:cancel()
+      t:wait(2)
+      local e = r[2]
+      print(case[1], "failed", type(e) == "table" and e.message or tostring(e))
+    end
+  end
 else
-  error("usage: messages.lua emfile|waits|interrupt [MARKER]")
+  error("usage: messages.lua emfile|waits|interrupt|nested [MARKER]")
 end
