@@ -9,6 +9,7 @@ local iso = require "isolate.cqueues"
 local sub = dofile("spec/subprocess.lua")	-- (puts build/spec on package.cpath)
 local poll = dofile("spec/poll.lua")
 local now, touch, marker = poll.now, poll.touch, poll.marker
+local gate, sleeper = poll.gate, poll.sleeper
 
 local UNDER_TOOL = os.getenv("ISOLATE_SPEC_UNDER_TOOL") ~= nil
 
@@ -32,22 +33,6 @@ local function runs(cq, seconds)
   local empty, errors = run(cq, seconds)
   assert.same({}, errors)
   assert.is_true(empty, "the controller did not end within " .. (seconds or 10) .. " s")
-end
-
--- Inside an isolate: wait (bounded, 10 s) for the file 'path'.
-local function gate(path)
-  local deadline = os.time() + 10
-  local f = io.open(path)
-  while not f do
-    if os.time() > deadline then error("gate " .. path .. " never opened") end
-    f = io.open(path)
-  end
-  f:close()
-end
-
-local function sleeper(seconds, ...)
-  require("socket").sleep(seconds)
-  return ...
 end
 
 describe("isolate.cqueues in a controller", function()

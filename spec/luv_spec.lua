@@ -10,13 +10,9 @@ local sub = dofile("spec/subprocess.lua")	-- (puts build/spec on package.cpath)
 local posix = require "posix"
 local poll = dofile("spec/poll.lua")
 local now, touch, marker = poll.now, poll.touch, poll.marker
+local gate, sleeper, gc = poll.gate, poll.sleeper, poll.gc
 
 local UNDER_TOOL = os.getenv("ISOLATE_SPEC_UNDER_TOOL") ~= nil
-
-local function gc()
-  collectgarbage()
-  collectgarbage()
-end
 
 -- Run the loop until nothing keeps it alive, at most 'seconds' (default
 -- 10).  True if it ended by itself, false if the watchdog stopped it.
@@ -46,22 +42,6 @@ local function go(fn, ...)
   local ok, err = coroutine.resume(co, ...)
   assert(ok, err)
   return co
-end
-
--- Inside an isolate: wait (bounded, 10 s) for the file 'path'.
-local function gate(path)
-  local deadline = os.time() + 10
-  local f = io.open(path)
-  while not f do
-    if os.time() > deadline then error("gate " .. path .. " never opened") end
-    f = io.open(path)
-  end
-  f:close()
-end
-
-local function sleeper(seconds, ...)
-  require("socket").sleep(seconds)
-  return ...
 end
 
 before_each(function() failures = {} end)

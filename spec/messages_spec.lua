@@ -8,6 +8,7 @@ local posix = require "posix"
 local poll = dofile("spec/poll.lua")
 local now, eventually, touch, marker, await_file =
   poll.now, poll.eventually, poll.touch, poll.marker, poll.await_file
+local gate, gc = poll.gate, poll.gc
 
 local UNDER_TOOL = os.getenv("ISOLATE_SPEC_UNDER_TOOL") ~= nil
 local QUEUE = 1000			-- unread messages past which emit waits
@@ -42,23 +43,6 @@ local function blocked(n, pool)
   assert.is_true(eventually(function() return task:pending() >= QUEUE - 1 end, 10),
     "the queue did not fill within 10 s: pending " .. task:pending())
   return task
-end
-
--- Inside an isolate: wait (bounded, 10 s) for the file 'path'.
-local function gate(path)
-  local deadline = os.time() + 10
-  local f = io.open(path)
-  while not f do
-    if os.time() > deadline then error("gate " .. path .. " never opened") end
-    f = io.open(path)
-  end
-  f:close()
-end
-
--- collect until the finalizers of what was dropped have run
-local function gc()
-  collectgarbage()
-  collectgarbage()
 end
 
 describe("isolate.emit and task:receive", function()

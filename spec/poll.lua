@@ -63,4 +63,27 @@ function M.spin(seconds)
   while socket.gettime() - t0 < seconds do end
 end
 
+-- Inside an isolate: wait (bounded, 10 s) for the file 'path' to exist.
+function M.gate(path)
+  local deadline = os.time() + 10
+  local f = io.open(path)
+  while not f do
+    if os.time() > deadline then error("gate " .. path .. " never opened") end
+    f = io.open(path)
+  end
+  f:close()
+end
+
+-- Inside an isolate: sleep 'seconds', then return the other arguments.
+function M.sleeper(seconds, ...)
+  require("socket").sleep(seconds)
+  return ...
+end
+
+-- collect until the finalizers of what was dropped have run
+function M.gc()
+  collectgarbage()
+  collectgarbage()
+end
+
 return M
