@@ -288,35 +288,9 @@ end)
 -- waits for the task's end: the controller's completions set lets go of
 -- it, and an emitter that nobody reads is held at the queue's bound again.
 describe("isolate.cqueues and the bound of a task's messages", function()
-  local QUEUE = 1000
 
-  -- Inside an isolate: wait for the file 'path', then send n messages.
-  local function gatedflood(path, n)
-    gate(path)
-    for i = 1, n do isolate.emit(i) end
-    return n
-  end
-
-  -- Open the gate of 'task' (a gatedflood), wait (bounded) until its
-  -- queue is full, then watch it for 0.3 s: pending must stay <= QUEUE
-  -- and the task run on (held in emit).  Cancels the task.
-  local function held(task, go)
-    touch(go)
-    local full = poll.eventually(function() return task:pending() >= QUEUE - 1 end, 10)
-    local t0, most = now(), 0
-    while full and now() - t0 < 0.3 do
-      most = math.max(most, task:pending())
-      cqueues.sleep(0.005)
-    end
-    most = math.max(most, task:pending())
-    local status = task:status()
-    task:cancel()
-    assert.is_true(task:wait(5), "still running 5 s after cancel()")
-    os.remove(go)
-    assert.is_true(full, "the queue did not fill within 10 s: pending " .. task:pending())
-    assert.is_true(most <= QUEUE, "pending reached " .. most .. ": the adapter still waits for the task")
-    assert.equal("running", status)
-  end
+  local gatedflood = poll.gatedflood
+  local function held(task, go) poll.held(task, go, cqueues.sleep, assert) end
 
   it("holds again after await(task, timeout) timed out in a controller (which lives on)", function()
     local cq = cqueues.new()

@@ -21,10 +21,7 @@ local function readable(fd, ms)
 end
 
 -- resident memory, in KiB
-local function rss()
-  local s = poll.read("/proc/self/status")
-  return tonumber(s:match("VmRSS:%s*(%d+)"))
-end
+local rss = poll.rss
 
 -- Inside an isolate: send 1..n (with 'payload' after each number, if
 -- given), then return n.
@@ -783,39 +780,9 @@ end)
 -- held at the queue's bound again (a set that held on would make memory
 -- grow without end: /tmp/hostile4/closedset_mem.lua).
 describe("a completions set that lets go of a running task", function()
-  -- Inside an isolate: wait for the file 'path', then send n messages
-  -- (with 'payload' after each number, if given); return n.
-  local function gatedflood(path, n, payload)
-    gate(path)
-    for i = 1, n do isolate.emit(i, payload) end
-    return n
-  end
-
-  -- Open the gate of 'task' (a gatedflood), wait (bounded) until its queue
-  -- is full, then watch it for 0.3 s: pending must stay <= QUEUE, the task
-  -- must run on (held in emit), resident memory (if 'before' is given,
-  -- and not under a tool) must not grow by 20 MiB.  Cancels the task.
+  local gatedflood = poll.gatedflood
   local function held(task, go, before)
-    touch(go)
-    assert.is_true(eventually(function() return task:pending() >= QUEUE - 1 end, 10),
-      "the queue did not fill within 10 s: pending " .. task:pending())
-    local t0, most, grew = now(), 0, 0
-    while now() - t0 < 0.3 do
-      most = math.max(most, task:pending())
-      if before then grew = math.max(grew, rss() - before) end
-      require("socket").sleep(0.005)
-    end
-    most = math.max(most, task:pending())
-    local status = task:status()
-    task:cancel()
-    assert.is_true(task:wait(5), "still running 5 s after cancel()")
-    os.remove(go)
-    assert.is_true(most <= QUEUE, "pending reached " .. most .. ": the set still waits for the task")
-    assert.equal("running", status)
-    if before then
-      -- unbounded, 100 MB in a few tenths of a second; bounded, about 1 MB
-      assert.is_true(grew < 20 * 1024, string.format("resident memory grew by %d KiB", grew))
-    end
+    poll.held(task, go, require("socket").sleep, assert, before)
   end
 
   it("c:close(): the emitter stops at 1000 unread again, and memory stays bounded", function()

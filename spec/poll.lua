@@ -86,4 +86,48 @@ function M.gc()
   collectgarbage()
 end
 
+-- resident memory of this process, in KiB
+function M.rss()
+  return tonumber(M.read("/proc/self/status"):match("VmRSS:%s*(%d+)"))
+end
+
+-- Inside an isolate: wait for the file 'path' (gate), then send 1..n with
+-- isolate.emit ('payload' after each number, if given); returns n.
+function M.gatedflood(path, n, payload)
+  M.gate(path)
+  local isolate = require "isolate"
+  for i = 1, n do isolate.emit(i, payload) end
+  return n
+end
+
+-- In a spec: open the gate 'go' of 'task' (a gatedflood), wait (bounded)
+-- until its queue is full (QUEUE - 1 will do: an emitter that found it
+-- full waits until it is half empty), then watch it for 0.3 s, sleeping
+-- with sleep(seconds): pending must stay <= 1000, the task must run on
+-- (held in emit), and resident memory, if 'before' (KiB) is given, must
+-- not grow by 20 MiB; as the spec's 'assert' (busted's) says.  Cancels
+-- the task.
+function M.held(task, go, sleep, assert, before)
+  local QUEUE = 1000
+  M.touch(go)
+  local full = M.eventually(function() return task:pending() >= QUEUE - 1 end, 10)
+  local t0, most, grew = M.now(), 0, 0
+  while full and M.now() - t0 < 0.3 do
+    most = math.max(most, task:pending())
+    if before then grew = math.max(grew, M.rss() - before) end
+    sleep(0.005)
+  end
+  most = math.max(most, task:pending())
+  local status = task:status()
+  task:cancel()
+  assert.is_true(task:wait(5), "still running 5 s after cancel()")
+  os.remove(go)
+  assert.is_true(full, "the queue did not fill within 10 s: pending " .. task:pending())
+  assert.is_true(most <= QUEUE, "pending reached " .. most .. ": somebody still waits for the task")
+  assert.equal("running", status)
+  if before then	-- unbounded, 100 MB in a few tenths of a second; bounded, about 1 MB
+    assert.is_true(grew < 20 * 1024, string.format("resident memory grew by %d KiB", grew))
+  end
+end
+
 return M
