@@ -251,6 +251,22 @@ end)
 -- waits for the task's end: the adapter's completions set lets go of it,
 -- and an emitter that nobody reads is held at the queue's bound again
 -- (/tmp/hostile4/luv_timeout_unbounded.lua).
+-- A wake that closes another waiting coroutine (/tmp/hostile5): the wait
+-- it closes is not called, nor counted out twice.
+describe("isolate.luv when a wake closes another waiting coroutine", function()
+  it("whose task ended in the same turn of the loop: the loop goes on and ends (subprocess)", function()
+    local r = sub.run("spec/scenario/adapters.lua", {"luv-close-same-turn"}, {timeout = 30})
+    assert.equal(0, r.code, r.report)
+    assert.equal("1\tnever\tnil\n", r.stdout, r.report)
+  end)
+
+  it("that waits for the same task: the loop waits for the waker's next await (subprocess)", function()
+    local r = sub.run("spec/scenario/adapters.lua", {"luv-close-same-task"}, {timeout = 30})
+    assert.equal(0, r.code, r.report)
+    assert.equal("1\tnever\tlater\n", r.stdout, r.report)
+  end)
+end)
+
 describe("isolate.luv and the bound of a task's messages", function()
 
   local gatedflood = poll.gatedflood

@@ -779,6 +779,28 @@ end)
 -- longer waits for the end of that task: an emitter that nobody reads is
 -- held at the queue's bound again (a set that held on would make memory
 -- grow without end: /tmp/hostile4/closedset_mem.lua).
+describe("a completions set holding a task closed by hand (__gc)", function()
+  it("removes it, and never returns it or miscounts", function()
+    local go = marker()
+    local c = isolate.completions()
+    local t = isolate.spawn(gate, go)
+    local u = isolate.spawn(function() return 2 end)
+    c:add(t, u)
+    getmetatable(t).__gc(t)
+    c:remove(t)
+    assert.equal(1, #c)
+    touch(go)
+    local got = c:wait(10)
+    assert.equal(1, #got)
+    assert.equal(u, got[1])
+    assert.equal(0, #c)
+    assert.is_true(eventually(function() return isolate.stats().busy == 0 end, 10))
+    assert.same({}, c:ended())
+    assert.equal(0, #c)
+    os.remove(go)
+  end)
+end)
+
 describe("a completions set that lets go of a running task", function()
   local gatedflood = poll.gatedflood
   local function held(task, go, before)

@@ -865,7 +865,8 @@ static int ends_remove (lua_State *L) {
   lua_getiuservalue(L, 1, 1);
   for (i = 2; i <= top; i++) {
     Task *t = (Task *)lua_touserdata(L, i);
-    if (lua_rawgetp(L, top + 1, t) != LUA_TNIL) {
+    if (lua_rawgetp(L, top + 1, t) != LUA_TNIL) {	/* (a task closed by
+        hand has no job to look in: its end, if it comes, is skipped) */
       endset_remove(e->set, t->pool, t->job, t);
       lua_pushnil(L);
       lua_rawsetp(L, top + 1, t);
@@ -894,7 +895,10 @@ static int ends_taken (lua_State *L, Ends *e, void *first) {
   lua_newtable(L);			/* 2: the list */
   lua_getiuservalue(L, 1, 1);		/* 3 */
   for (key = first; key != NULL; key = endset_take(e->set, 0)) {
-    lua_rawgetp(L, 3, key);
+    if (lua_rawgetp(L, 3, key) == LUA_TNIL) {	/* removed after a __gc by hand */
+      lua_pop(L, 1);
+      continue;
+    }
     lua_rawseti(L, 2, ++k);
     lua_pushnil(L);
     lua_rawsetp(L, 3, key);

@@ -1020,7 +1020,7 @@ static void *worker (void *arg) {
         pthread_mutex_unlock(&p->mu);
         L = state_new(p->limit);
         pthread_mutex_lock(&p->mu);
-        p->making--;
+        if (--p->making == 0) pthread_cond_broadcast(&p->prepared);	/* (fork) */
         if (L != NULL && p->nstash < p->stashcap && !p->closing) {
           p->stash[p->nstash++] = L;
           continue;
@@ -1176,7 +1176,7 @@ static void lend (Pool *p, Job *j) {
 */
 static void quiesce (Pool *p) {
   pthread_mutex_lock(&p->mu);
-  while (p->preparing) pthread_cond_wait(&p->prepared, &p->mu);
+  while (p->preparing || p->making > 0) pthread_cond_wait(&p->prepared, &p->mu);
 }
 
 static void fork_prepare (void) {
@@ -1212,6 +1212,7 @@ static void orphan_pool (Pool *p) {
   p->head = p->tail = p->running = NULL;
   p->queued = p->busy = 0;
   p->nstash = p->ntoclose = 0;
+  p->making = 0;
   p->sleeping = 0;
   p->threads = 0;
   pthread_cond_init(&p->work, NULL);	/* its waiters were the parent's */

@@ -32,15 +32,26 @@ local endpoll                   -- a uv_poll on its descriptor
 local waiting = {}              -- task -> list of waits {fn = f}, f called at its end
 local nwaiting = 0              -- waits not called nor cancelled yet
 
--- Call f(arg) for each wait {fn = f} of 'waits' still armed, counting it
--- out; an error is raised after all have run (luv reports it as an error
--- in a callback).
-local function callall(waits, arg)
+-- one more (n = 1) or fewer (n = -1) wait: the poll keeps the loop alive
+-- while some wait is armed
+local function counted(n)
+  nwaiting = nwaiting + n
+  if nwaiting == 0 then endpoll:unref()
+  elseif nwaiting == n and n > 0 then endpoll:ref() end
+end
+
+-- Call f(arg) for each wait {fn = f} of 'waits' still armed, disarming
+-- it (and counting it out of 'nwaiting' if 'counts'): a wait that one of
+-- these calls cancels (its coroutine closed) is not called, nor counted
+-- twice.  An error is raised after all have run (luv reports it as an
+-- error in a callback).
+local function callall(waits, arg, counts)
   local failure
   for i = 1, #waits do
     local fn = waits[i].fn
     if fn then
       waits[i].fn = nil
+      if counts then counted(-1) end
       local ok, err = xpcall(fn, debug.traceback, arg)
       if not ok and failure == nil then failure = err end
     end
@@ -48,22 +59,15 @@ local function callall(waits, arg)
   if failure ~= nil then error(failure, 0) end
 end
 
-local function counted(n)
-  nwaiting = nwaiting + n
-  if nwaiting == 0 then endpoll:unref()
-  elseif nwaiting == n and n > 0 then endpoll:ref() end
-end
-
 local function dispatch()
   local failure
   for _, task in ipairs(ends:ended()) do
     local waits = waiting[task]
     waiting[task] = nil
-    for _, w in ipairs(waits) do
-      if w.fn then counted(-1) end
+    if waits then                 -- (nil: every wait was cancelled meanwhile)
+      local ok, err = pcall(callall, waits, task, true)
+      if not ok and failure == nil then failure = err end
     end
-    local ok, err = pcall(callall, waits, task)
-    if not ok and failure == nil then failure = err end
   end
   if failure ~= nil then error(failure, 0) end
 end

@@ -146,6 +146,29 @@ elseif mode == "cqueues-fds" then
   repeat gc() until posix.fdcount() == base or posix.monotonic() > deadline
   print("sum " .. sum)
   print("fds " .. base .. " " .. posix.fdcount())
+elseif mode == "luv-close-same-turn" or mode == "luv-close-same-task" then
+  -- a wake closes another waiting coroutine, whose task ended in the same
+  -- turn of the loop, or that waits for the same task (an error in the
+  -- adapter would be luv's uncaught error: the process ends)
+  local uv = require "luv"
+  local iso = require "isolate.luv"
+  local sleeper = dofile("spec/poll.lua").sleeper
+  local same = mode == "luv-close-same-task"
+  local t1 = isolate.spawn(sleeper, 0.05, 1)
+  local t2 = same and t1 or isolate.spawn(sleeper, 0.1, 2)
+  local B, got, later, bgot = nil, nil, nil, "never"
+  local A = coroutine.create(function()
+    got = iso.await(t1)
+    assert(coroutine.close(B))
+    if same then later = iso.await(isolate.spawn(sleeper, 0.2, "later")) end
+  end)
+  B = coroutine.create(function() bgot = iso.await(t2) end)
+  assert(coroutine.resume(A))
+  assert(coroutine.resume(B))
+  local hold = uv.new_timer()	-- the loop's first turn: both end meanwhile
+  hold:start(0, 0, function() t1:wait(10) t2:wait(10) hold:close() end)
+  uv.run()
+  print(got, bgot, later)
 else
-  error("usage: adapters.lua depth|luv-fds N|cqueues-fds N")
+  error("usage: adapters.lua depth|luv-fds N|cqueues-fds N|luv-close-same-turn|luv-close-same-task")
 end
