@@ -111,9 +111,11 @@ static void *slab_alloc (Slab *s, size_t n) {
     s->free[c] = *(void **)p;
     return p;
   }
+  /* past the arena, a block of the whole class: a resize within the class
+     keeps the block (heap_realloc), whichever it came from */
   if (s->arena == NULL && (s->arena = s->next = (char *)malloc(SLAB_ARENA)) == NULL)
-    return malloc(n);
-  if ((size_t)(s->arena + SLAB_ARENA - s->next) < size) return malloc(n);
+    return malloc(size);
+  if ((size_t)(s->arena + SLAB_ARENA - s->next) < size) return malloc(size);
   p = s->next;
   s->next += size;
   return p;
