@@ -43,7 +43,7 @@ end)
 -- before (valgrind's "Invalid write"; this spec catches it under valgrind).
 describe("an isolate's small blocks past its arena", function()
   it("grow within their size class without writing past their end", function()
-    local n = isolate.run(function()
+    local n = require("isolate").run(function()
       local keep = {}
       for i = 1, 5000 do keep[i] = {i} end	-- past 64 KiB of small blocks
       local src = {}
