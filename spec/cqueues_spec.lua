@@ -125,7 +125,7 @@ describe("isolate.cqueues in a controller", function()
     assert.equal(0.05, err.timeout)
     assert.is_true(took >= 0.04 and took < 2, string.format("took %.3f s", took))
     assert.equal("late", later)
-    assert.is_true(ticks >= 3, ticks .. " ticks")
+    assert.is_true(ticks >= (UNDER_TOOL and 1 or 3), ticks .. " ticks")	-- (valgrind runs one thread at a time)
   end)
 
   it("reads 10,000 messages in order with messages(task) while another coroutine's task ends", function()
