@@ -1170,9 +1170,10 @@ static void lend (Pool *p, Job *j) {
 */
 
 /*
-** A fork waits until no preparer is making a state, so that none is
-** inside the allocator then: an allocator that does not lock itself
-** around fork (ASan's, in clang 14) would be left locked in the child.
+** A fork waits until no preparer (nor idle worker) is making a state, so
+** that none is inside the allocator then: an allocator that does not lock
+** itself around fork (ASan's, in clang 14) would be left locked in the
+** child.  (An idle worker makes states only until the stash is full.)
 */
 static void quiesce (Pool *p) {
   pthread_mutex_lock(&p->mu);
