@@ -15,7 +15,7 @@ end
 
 -- an argument error unless 'timeout' is nil or a number >= 0
 function M.checktimeout(timeout, fname)
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then   -- (NaN too)
     error(string.format("bad argument #2 to '%s' (timeout must be a number >= 0)", fname), 3)
   end
 end
