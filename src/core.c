@@ -413,8 +413,8 @@ static int l_now (lua_State *L) {
 ** raised) when 'catch': the caller cancels what it waited for first.
 */
 typedef struct Watch {
-  lua_Hook hook;
-  int mask, count;
+  lua_Hook hook, mainhook;
+  int mask, count, mainmask, maincount;
 } Watch;
 
 static int interrupter (lua_State *L) {
@@ -424,23 +424,42 @@ static int interrupter (lua_State *L) {
   return 0;
 }
 
-static int watch (lua_State *L, Watch *w, int catch) {
-  if (lua_gethook(L) != w->hook || lua_gethookmask(L) != w->mask ||
-      lua_gethookcount(L) != w->count) {
-    w->hook = lua_gethook(L);
-    w->mask = lua_gethookmask(L);
-    w->count = lua_gethookcount(L);
-  }
-  else if (!state_cancelled(L)) return 0;
-  if (!catch) {
-    interrupter(L);
+/* has the hook of 'L' changed since 'w' saw it?  (then 'w' has it) */
+static int newhook (lua_State *L, lua_Hook *hook, int *mask, int *count) {
+  if (lua_gethook(L) == *hook && lua_gethookmask(L) == *mask &&
+      lua_gethookcount(L) == *count)
     return 0;
-  }
-  lua_pushcfunction(L, interrupter);
-  return lua_pcall(L, 0, 0, 0) != LUA_OK;	/* the error on top */
+  *hook = lua_gethook(L);
+  *mask = lua_gethookmask(L);
+  *count = lua_gethookcount(L);
+  return 1;
 }
 
-#define WATCH_INIT	{NULL, 0, 0}
+/*
+** The standalone interpreter sets its Ctrl-C hook on the main thread
+** only: a wait in a coroutine borrows the main thread's hook for its call
+** when that one changes (its own is given back if nothing was raised).
+*/
+static int watch (lua_State *L, Watch *w, int catch) {
+  lua_State *M;
+  int own, main = 0, status;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  M = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  own = newhook(L, &w->hook, &w->mask, &w->count);
+  if (M != NULL && M != L)
+    main = newhook(M, &w->mainhook, &w->mainmask, &w->maincount) && w->mainhook != NULL;
+  if (!own && !main && !state_cancelled(L)) return 0;
+  if (main) lua_sethook(L, w->mainhook, w->mainmask, w->maincount);
+  lua_pushcfunction(L, interrupter);
+  status = lua_pcall(L, 0, 0, 0);
+  if (main && status == LUA_OK) lua_sethook(L, w->hook, w->mask, w->count);
+  if (status == LUA_OK) return 0;
+  if (!catch) lua_error(L);
+  return 1;			/* the error on top */
+}
+
+#define WATCH_INIT	{NULL, NULL, 0, 0, 0, 0}
 
 
 /*

@@ -11,6 +11,8 @@
 --   map-caught   the same inside a pcall; prints "caught: ERR", then
 --                "busy N" once the pool has no busy worker (or after 5 s)
 --   run-caught   the same for isolate.run
+--   coroutine-await  prints "ready PID" in a coroutine, then awaits an
+--                endless task there; the spec sends SIGINT
 -- With W, the script turns warnings on itself, as lua5.4 -W does: for the
 -- spec host (the TSan run), which takes no options.
 local isolate = require "isolate"
@@ -67,6 +69,14 @@ elseif mode == "lost" or mode == "seen" then
 elseif mode == "map" then
   ready()
   isolate.map(endless, list, {chunk = 1})
+  io.stdout:write("returned\n")
+elseif mode == "coroutine-await" then
+  -- the standalone interpreter's Ctrl-C hook is on the main thread only
+  local task = isolate.spawn(endless)
+  coroutine.wrap(function()
+    ready()
+    task:await()
+  end)()
   io.stdout:write("returned\n")
 elseif mode == "map-caught" then
   report(pcall(function()
