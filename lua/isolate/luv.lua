@@ -183,7 +183,7 @@ function M.await(task, timeout)
       if timer then timer:stop(); timer:close(); timer = nil end
     end
     cancel = onend(task, function() stoptimer(); wake(true) end)
-    if timeout ~= nil and timeout ~= math.huge then
+    if timeout ~= nil and timeout * 1000 < 2^53 then   -- (past it: no limit, as math.huge)
       timer = uv.new_timer()
       uv.update_time()          -- (the loop's clock is as old as its last turn)
       timer:start(math.ceil(timeout * 1000), 0, function()
