@@ -290,7 +290,7 @@ static int task_gc (lua_State *L) {
   t->closed = 1;
   if (t->job != NULL) {
     JobStatus s = job_status(t->pool, t->job);
-    job_listen(t->pool, t->job, 0);	/* nobody can receive its messages now */
+    job_unlisten(t->pool, t->job);	/* nobody can receive its messages now */
     if (s == JOB_FAILED && !t->quiet) {
       Buffer record = BUFFER_INIT;
       job_take_output(t->job, &record);
@@ -346,13 +346,12 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here,
   t->status = JOB_NEW;
   t->mail.bell.rfd = t->mail.bell.wfd = -1;
   luaL_setmetatable(L, ISOLATE_TASK);
-  if ((t->job = job_new(depth)) == NULL) {
+  if ((t->job = job_new(depth, listen)) == NULL) {
     lua_pushliteral(L, "not enough memory");
     lua_error(L);
   }
   t->pool = p;
   pool_retain(p);
-  if (listen) job_listen(p, t->job, 1);
   lua_insert(L, base + 1);	/* below the values 'put' reads */
   put(L, job_input(t->job), ud);
   lua_settop(L, base + 1);

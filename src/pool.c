@@ -228,7 +228,7 @@ static int spin (Job *j, int (*ready) (Job *j)) {
 ** =======================================================
 */
 
-Job *job_new (int depth) {
+Job *job_new (int depth, int listen) {
   Job *j = (Job *)calloc(1, sizeof(Job));
   pthread_condattr_t ca;
   int err;
@@ -245,6 +245,7 @@ Job *job_new (int depth) {
   }
   j->refs = 1;
   j->depth = depth;
+  j->listened = listen;
   j->mail.bell.rfd = j->mail.bell.wfd = -1;
   atomic_init(&j->nmail, 0);
   atomic_init(&j->status, JOB_NEW);
@@ -637,20 +638,18 @@ int job_cancel (Pool *p, Job *j) {
 
 /*
 ** A job's messages queue up to the mailbox's limit while somebody may
-** receive them (a spawned task's handle: job_listen), and the emitter
+** receive them (a spawned task's handle: job_new), and the emitter
 ** waits for room past it, unless somebody waits for the job's end
 ** instead (a caller in pool_wait, an end set): that caller reads them
 ** after the end, if ever, and the job must get there.  Nobody listening,
 ** they are dropped.
 */
-void job_listen (Pool *p, Job *j, int on) {
+void job_unlisten (Pool *p, Job *j) {
   pthread_mutex_lock(&p->mu);
-  j->listened = on;
-  if (!on) {			/* nobody will receive or poll: the bell goes */
-    mailbox_free(&j->mail);
-    atomic_store_explicit(&j->nmail, 0, memory_order_relaxed);
-    if (j->epoch == epoch) pthread_cond_broadcast(&j->mailed);	/* see lose() */
-  }
+  j->listened = 0;
+  mailbox_free(&j->mail);	/* nobody will receive or poll: the bell goes */
+  atomic_store_explicit(&j->nmail, 0, memory_order_relaxed);
+  if (j->epoch == epoch) pthread_cond_broadcast(&j->mailed);	/* see lose() */
   pthread_mutex_unlock(&p->mu);
 }
 

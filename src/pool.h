@@ -60,8 +60,11 @@ unsigned long pool_epoch (void);
 /* NULL if 'p' can take jobs, else why not */
 const char *pool_unusable (Pool *p);
 
-/* a new job for an isolate nested 'depth' deep, or NULL (no memory) */
-Job *job_new (int depth);
+/*
+** A new job for an isolate nested 'depth' deep, or NULL (no memory);
+** with 'listen', somebody may receive its messages (until job_unlisten).
+*/
+Job *job_new (int depth, int listen);
 Buffer *job_input (Job *j);
 unsigned long job_id (Job *j);
 /* the order of its end among all jobs (from 1; 0: it has not ended) */
@@ -77,11 +80,11 @@ void job_release (Pool *p, Job *j);
 int job_cancel (Pool *p, Job *j);
 
 /*
-** A job's messages (isolate.emit): 'on' when somebody may receive them
-** (a spawned task); off, they are dropped (those held too), and so is its
-** descriptor (nobody can poll it: the task's handle is gone).
+** Nobody may receive the messages of 'j' any more (its task's handle is
+** gone): those held are dropped, later ones too, and so is its
+** descriptor (nobody can poll it).
 */
-void job_listen (Pool *p, Job *j, int on);
+void job_unlisten (Pool *p, Job *j);
 /*
 ** From the isolate that runs 'j': queue the message 'msg' (moved, freed
 ** in any case), after waiting for room if the mailbox is full and its
