@@ -817,8 +817,13 @@ static void findlost (lua_State *L, Ends *e, int i) {
   while (lua_next(L, -2)) {
     Task *t = (Task *)lua_touserdata(L, -1);
     if (t->job != NULL && isended(job_status(t->pool, t->job)) &&
-        endset_remove(e->set, t->pool, t->job, t))
-      endset_add(e->set, t->pool, t->job, t);
+        endset_remove(e->set, t->pool, t->job, t) &&
+        !endset_add(e->set, t->pool, t->job, t)) {	/* no memory: it leaves */
+      lua_pushvalue(L, -2);
+      lua_pushnil(L);
+      lua_rawset(L, -5);
+      e->n--;
+    }
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
