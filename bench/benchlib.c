@@ -64,6 +64,25 @@ static int l_memcpy (lua_State *L) {
 }
 
 
+/*
+** seconds to copy string 's' into freshly allocated memory (malloc, then
+** memcpy: the pages are faulted in by the copy), as a transfer must
+*/
+static int l_copyfresh (lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  double t = now();
+  unsigned char *dst = malloc(len);
+  if (dst == NULL) return luaL_error(L, "not enough memory");
+  memcpy(dst, s, len);
+  t = now() - t;
+  if (dst[len / 2] != (unsigned char)s[len / 2]) t = -1;	/* keep it live */
+  free(dst);
+  lua_pushnumber(L, t);
+  return 1;
+}
+
+
 /* sleep 's' seconds */
 static int l_sleep (lua_State *L) {
   double s = luaL_checknumber(L, 1);
@@ -80,6 +99,7 @@ static const luaL_Reg funcs[] = {
   {"sleep", l_sleep},
   {"newstate", l_newstate},
   {"memcpy", l_memcpy},
+  {"copyfresh", l_copyfresh},
   {NULL, NULL}
 };
 

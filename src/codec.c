@@ -58,6 +58,7 @@ enum Tag {
   T_MODULE,		/* varint i: the module of name i */
   T_FIELD,		/* varint i, varint length, bytes: module i's field */
   T_LIGHTUD,		/* 8 bytes: the pointer */
+  T_OBJECT,		/* varint n, then n values: a constructor, its arguments */
   T_SHORTSTR = 0x20,	/* 0x20-0x3f: a string of (tag - 0x20) bytes */
   T_SMALLINT = 0x80	/* 0x80-0xff: the integer (tag - 0x80) */
 };
@@ -148,7 +149,7 @@ int codec_putstrings (Buffer *b, const char *const *s, int n) {
 /* one step of the path to the value being encoded, for error messages */
 typedef struct Step {
   enum { S_ARG, S_RESULT, S_VALUE, S_ITEM, S_ITEMRESULT, S_UPVALUE, S_FIELD, S_INDEX, S_KEYOF,
-         S_KEY, S_METATABLE } kind;
+         S_KEY, S_METATABLE, S_OBJECT } kind;
   int idx;			/* stack index: S_UPVALUE's function, S_KEYOF's key */
   lua_Integer n;		/* S_ARG, S_RESULT, S_VALUE, S_INDEX */
   const char *name;		/* S_UPVALUE, S_FIELD: a string on the stack */
@@ -196,6 +197,7 @@ static void render_step (lua_State *L, const Step *s) {
       break;
     case S_KEY: lua_pushliteral(L, "key"); break;
     case S_METATABLE: lua_pushliteral(L, "metatable"); break;
+    case S_OBJECT: lua_pushfstring(L, "__isolate result #%I", (LUAI_UACINT)s->n); break;
   }
 }
 
@@ -385,6 +387,8 @@ static int seen_before (Encoder *e, int idx) {
   else {
     lua_pushvalue(L, idx);
     if (lua_rawget(L, e->seen) == LUA_TNUMBER) {
+      if (lua_tointeger(L, -1) < 0)	/* an object being made: encode_object */
+        fail(e, "cannot transfer an object that its own __isolate results contain");
       put_varint(e, T_REF, (uint64_t)lua_tointeger(L, -1));
       lua_pop(L, 1);
       return 1;
@@ -399,6 +403,85 @@ static int seen_before (Encoder *e, int idx) {
 
 
 static void encode (Encoder *e, int idx);
+
+
+/*
+** An object (a table or a full userdata) whose metatable has __isolate
+** travels as what __isolate(obj) returns: a constructor that can travel
+** and its arguments.  The other side calls the constructor once, and a
+** second reference to the object in this transfer is that same result.
+** While its results are encoded, the object's id is negative, so that
+** an object that its own results contain is refused (seen_before).
+** Returns 0, with nothing written, if the object has no __isolate.
+*/
+static int encode_object (Encoder *e, int idx) {
+  lua_State *L = e->L;
+  int top = lua_gettop(L), n, i;
+  lua_Integer id;
+  if (luaL_getmetafield(L, idx, "__isolate") == LUA_TNIL) return 0;
+  if (seen_before(e, idx)) {
+    lua_settop(L, top);
+    return 1;
+  }
+  id = e->nextid;
+  lua_pushvalue(L, idx);
+  lua_pushinteger(L, -id);
+  lua_rawset(L, e->seen);
+  enter(e);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, LUA_MULTRET, 0) != LUA_OK)
+    fail(e, lua_pushfstring(L, "__isolate failed: %s", lua_type(L, -1) == LUA_TSTRING
+                            ? lua_tostring(L, -1) : luaL_typename(L, -1)));
+  n = lua_gettop(L) - top;
+  if (n == 0 || !lua_isfunction(L, top + 1))
+    fail(e, lua_pushfstring(L, "__isolate must return a constructor (a function) "
+                            "and its arguments, not %s",
+                            n == 0 ? "nothing" : luaL_typename(L, top + 1)));
+  isolate_checkstack(L, 8);
+  put_varint(e, T_OBJECT, (uint64_t)n);
+  step(e, S_OBJECT, 0, 0, NULL);
+  for (i = 1; i <= n; i++) {
+    e->path[e->depth - 1].n = i;
+    encode(e, top + i);
+  }
+  unstep(e);
+  lua_settop(L, top);
+  lua_pushvalue(L, idx);
+  lua_pushinteger(L, id);
+  lua_rawset(L, e->seen);
+  leave(e);
+  return 1;
+}
+
+
+/*
+** io.stdin, io.stdout and io.stderr travel by name: on the other side,
+** they are its own.  Returns 0 if the userdata at 'idx' is none of them.
+*/
+static int encode_stream (Encoder *e, int idx) {
+  static const char *const names[] = {"stdin", "stdout", "stderr"};
+  lua_State *L = e->L;
+  int top = lua_gettop(L), i;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "io") == LUA_TTABLE) {
+    for (i = 0; i < 3; i++) {
+      lua_pushstring(L, names[i]);
+      lua_rawget(L, top + 2);
+      if (lua_rawequal(L, -1, idx)) {
+        char name[16] = "io";	/* "io\0stdout" */
+        size_t len = strlen(names[i]);
+        memcpy(name + 3, names[i], len);
+        lua_settop(L, top);
+        lua_pushlstring(L, name, 3 + len);
+        put_name(e, lua_tostring(L, -1), 3 + len);
+        return 1;
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, top);
+  return 0;
+}
 
 
 /*
@@ -424,7 +507,7 @@ static void encode_table (Encoder *e, int t) {
     put_name(e, name, len);
     return;
   }
-  if (seen_before(e, t)) return;
+  if (encode_object(e, t) || seen_before(e, t)) return;
   enter(e);
   hasmt = lua_getmetatable(L, t);
   top = lua_gettop(L);		/* the metatable, if any */
@@ -569,7 +652,10 @@ static void encode (Encoder *e, int idx) {
       put_le(p + 1, (uint64_t)(uintptr_t)lua_touserdata(L, idx), 8);
       break;
     }
-    default: cannot(e, idx);	/* a coroutine or a full userdata */
+    case LUA_TUSERDATA:
+      if (!encode_stream(e, idx) && !encode_object(e, idx)) cannot(e, idx);
+      break;
+    default: cannot(e, idx);	/* a coroutine */
   }
 }
 
@@ -878,6 +964,38 @@ static void decode_function (Decoder *d) {
 }
 
 
+/*
+** An object that travelled as its constructor and arguments (T_OBJECT):
+** its id is taken first, as the encoder gave it, and holds the refs table
+** itself (never a decoded value) until the constructor has returned, so
+** that a reference to the object from its own arguments is malformed.
+*/
+static void decode_object (Decoder *d) {
+  lua_State *L = d->L;
+  uint64_t n, i;
+  lua_Integer id;
+  if (!(d->flags & CODEC_TRUSTED)) refused(d, "object with __isolate");
+  n = varint(d);
+  if (n < 1) bad(d, "object without a constructor");
+  promise(d, n, "truncated input");
+  dec_enter(d);
+  if (n > INT_MAX - 8 || !lua_checkstack(L, (int)n + 8))
+    luaL_error(L, "isolate: too many arguments to a constructor (%I)", (LUAI_UACINT)n);
+  lua_pushnil(L);		/* makes refs if needed: newref */
+  newref(d);
+  lua_pop(L, 1);
+  id = d->nextid;
+  lua_pushvalue(L, d->refs);
+  lua_rawseti(L, d->refs, id);
+  for (i = 0; i < n; i++) decode_next(d);
+  if (!lua_isfunction(L, -(int)n)) bad(d, "object constructor is not a function");
+  lua_call(L, (int)n - 1, 1);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->refs, id);
+  dec_leave(d);
+}
+
+
 static void decode (Decoder *d, int tag) {
   lua_State *L = d->L;
   const unsigned char *p;
@@ -918,6 +1036,7 @@ static void decode (Decoder *d, int tag) {
       uint64_t id = varint(d);
       if (id < 1 || id > (uint64_t)d->nextid) bad(d, "bad reference");
       lua_rawgeti(L, d->refs, (lua_Integer)id);
+      if (lua_rawequal(L, -1, d->refs)) bad(d, "object refers to itself before it is made");
       break;
     }
     case T_FUNCTION:
@@ -930,6 +1049,7 @@ static void decode (Decoder *d, int tag) {
       break;
     case T_MODULE: push_module(d, varint(d)); break;
     case T_FIELD: decode_field(d); break;
+    case T_OBJECT: decode_object(d); break;
     case T_LIGHTUD:
       if (!(d->flags & CODEC_TRUSTED)) refused(d, "light userdata");
       lua_pushlightuserdata(L, (void *)(uintptr_t)get_le(take(d, 8), 8));
