@@ -43,18 +43,26 @@ void buffer_free (Buffer *b) {
     c = next;
   }
   b->head = b->tail = NULL;
-  b->total = 0;
+  b->total = b->borrowed = 0;
+  b->owner = NULL;
 }
 
 
 void buffer_append (Buffer *dst, Buffer *src) {
-  if (src->head == NULL) return;
+  if (src->head == NULL) {
+    if (src->owner != NULL) dst->owner = src->owner;
+    src->owner = NULL;
+    return;
+  }
   if (dst->tail == NULL) dst->head = src->head;
   else dst->tail->next = src->head;
   dst->tail = src->tail;
   dst->total += src->total;
+  dst->borrowed += src->borrowed;
+  if (src->owner != NULL) dst->owner = src->owner;
   src->head = src->tail = NULL;
-  src->total = 0;
+  src->total = src->borrowed = 0;
+  src->owner = NULL;
 }
 
 

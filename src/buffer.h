@@ -20,17 +20,27 @@ typedef struct Chunk {
   unsigned char data[];
 } Chunk;
 
+/*
+** A message may borrow: hold the address of a long string instead of its
+** bytes (codec_encodeborrowing).  The bytes must then stay alive until
+** the message has been decoded; 'owner', when set, is the lua_State that
+** holds them, which whoever frees the buffer must close (or hand to a
+** thread that closes it): buffer_free does not.
+*/
 typedef struct Buffer {
   Chunk *head, *tail;
   size_t total;			/* bytes written in all chunks */
+  size_t borrowed;		/* bytes of strings borrowed, not copied */
+  void *owner;			/* the lua_State whose strings it borrows, or NULL */
 } Buffer;
 
-#define BUFFER_INIT	{NULL, NULL, 0}
+#define BUFFER_INIT	{NULL, NULL, 0, 0, NULL}
 
 unsigned char *buffer_grow (Buffer *b, size_t n);
 void buffer_free (Buffer *b);
 
-/* append the chunks of 'src' to 'dst' (no copy); 'src' is left empty */
+/* append the chunks of 'src' to 'dst' (no copy), with what 'src'
+   borrows (then 'dst' must have no owner); 'src' is left empty */
 void buffer_append (Buffer *dst, Buffer *src);
 
 /* append a copy of the bytes of 'src' to 'dst'; 0 when memory runs out */

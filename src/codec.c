@@ -59,6 +59,7 @@ enum Tag {
   T_FIELD,		/* varint i, varint length, bytes: module i's field */
   T_LIGHTUD,		/* 8 bytes: the pointer */
   T_OBJECT,		/* varint n, then n values: a constructor, its arguments */
+  T_BORROWED,		/* varint length, 8 bytes: the address of the bytes */
   T_SHORTSTR = 0x20,	/* 0x20-0x3f: a string of (tag - 0x20) bytes */
   T_SMALLINT = 0x80	/* 0x80-0xff: the integer (tag - 0x80) */
 };
@@ -169,6 +170,7 @@ typedef struct Encoder {
   int nest;			/* tables and functions open */
   int depth;			/* steps in 'path' */
   lua_Integer *failed;		/* where to note the value that cannot go */
+  size_t borrow;		/* strings this long or longer are borrowed (0: none) */
   Step path[ISOLATE_MAXDEPTH + 2];	/* an argument, then a step a level */
 } Encoder;
 
@@ -641,7 +643,14 @@ static void encode (Encoder *e, int idx) {
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, idx, &len);
-      put_string(e, s, len);
+      if (e->borrow != 0 && len >= e->borrow) {
+        unsigned char *p;
+        put_varint(e, T_BORROWED, len);
+        p = reserve(e, 8);
+        put_le(p, (uint64_t)(uintptr_t)s, 8);
+        e->b->borrowed += len;
+      }
+      else put_string(e, s, len);
       break;
     }
     case LUA_TTABLE: encode_table(e, idx); break;
@@ -683,13 +692,27 @@ static void put_names (Encoder *e, unsigned char *offset, size_t start) {
 ** On error (what cannot travel, memory) the buffer holds part of it: its
 ** owner frees or resets it.  The stack is as it was on return.
 */
+static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
+                        lua_Integer base, lua_Integer *failed, size_t borrow);
+
 void codec_encode (lua_State *L, Buffer *b, int first, int n, Role role) {
-  codec_encodelist(L, b, first, n, role, 0, NULL);
+  encodelist(L, b, first, n, role, 0, NULL, 0);
+}
+
+
+void codec_encodeborrowing (lua_State *L, Buffer *b, int first, int n, Role role) {
+  encodelist(L, b, first, n, role, 0, NULL, ISOLATE_BORROW);
 }
 
 
 void codec_encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
                        lua_Integer base, lua_Integer *failed) {
+  encodelist(L, b, first, n, role, base, failed, 0);
+}
+
+
+static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
+                        lua_Integer base, lua_Integer *failed, size_t borrow) {
   static const int stepkind[] = {S_ARG, S_RESULT, S_VALUE, S_ITEM, S_ITEMRESULT};
   Encoder e;
   int top = lua_gettop(L), i;
@@ -699,6 +722,7 @@ void codec_encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
   e.b = b;
   e.role = role;
   e.failed = failed;
+  e.borrow = borrow;
   e.nextid = 0;
   e.nused = 0;
   e.nest = 0;
@@ -1050,6 +1074,13 @@ static void decode (Decoder *d, int tag) {
     case T_MODULE: push_module(d, varint(d)); break;
     case T_FIELD: decode_field(d); break;
     case T_OBJECT: decode_object(d); break;
+    case T_BORROWED: {		/* only in a message of this process */
+      uint64_t len;
+      if (!(d->flags & CODEC_BORROWED)) bad(d, "unknown tag");
+      len = varint(d);
+      lua_pushlstring(L, (const char *)(uintptr_t)get_le(take(d, 8), 8), (size_t)len);
+      break;
+    }
     case T_LIGHTUD:
       if (!(d->flags & CODEC_TRUSTED)) refused(d, "light userdata");
       lua_pushlightuserdata(L, (void *)(uintptr_t)get_le(take(d, 8), 8));

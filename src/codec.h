@@ -28,10 +28,22 @@ typedef enum Role {
 ** the globals table and light userdata; other input is data only
 */
 #define CODEC_TRUSTED	1
+/*
+** a message of this process that may borrow (codec_encodeborrowing),
+** decoded while the strings it borrows are alive
+*/
+#define CODEC_BORROWED	2
 
 void codec_encode (lua_State *L, Buffer *b, int first, int n, Role role);
 /*
-** The same, the values numbered from 'base' + 1 in error messages; when
+** The same, but a string of ISOLATE_BORROW bytes or more is borrowed: the
+** message holds its address, not its bytes (b->borrowed counts them).  The
+** string must stay alive until every decode of the message is done, and
+** only a decode with CODEC_BORROWED reads it.
+*/
+void codec_encodeborrowing (lua_State *L, Buffer *b, int first, int n, Role role);
+/*
+** The same as codec_encode, the values numbered from 'base' + 1 in error messages; when
 ** one cannot travel, its number goes to '*failed' (if not NULL) first.
 */
 void codec_encodelist (lua_State *L, Buffer *b, int first, int n, Role role,

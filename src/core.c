@@ -50,11 +50,13 @@ typedef struct Task {
   unsigned long endseq;		/* the job's, once taken */
   int quiet;			/* a chunk of a map: its failure is map's to tell */
   int closed;			/* __gc ran */
+  int borrows;			/* its input borrows strings of the caller's stack (run) */
   Mailbox mail;			/* once the job is let go */
 } Task;
 
 typedef struct Output {
   Buffer b;
+  Pool *pool;			/* held while 'b' borrows from a state of it */
   int readers;			/* decodes of it under way */
   int decoded;			/* one decode went through: no need to keep it */
   int failed, seen;		/* a failure record; its error was raised */
@@ -78,9 +80,19 @@ typedef struct Output {
 ** the collector finds it unreachable; the metatable is hidden, so that only
 ** the debug library can call __gc by hand.)
 */
+static void output_free (Output *o) {
+  void *owner = o->b.owner;	/* the state whose strings it borrows */
+  buffer_free(&o->b);
+  if (owner != NULL) {
+    pool_closelater(o->pool, (lua_State *)owner);
+    pool_release(o->pool);
+    o->pool = NULL;
+  }
+}
+
 static int output_close (lua_State *L) {
   Output *o = (Output *)luaL_checkudata(L, 1, ISOLATE_OUTPUT);
-  if (--o->readers == 0 && o->decoded) buffer_free(&o->b);
+  if (--o->readers == 0 && o->decoded) output_free(o);
   return 0;
 }
 
@@ -93,7 +105,7 @@ static int output_gc (lua_State *L) {
     o->seen = 1;
     warnlost(L, o->id, &o->b);
   }
-  buffer_free(&o->b);
+  output_free(o);
   return 0;
 }
 
@@ -354,7 +366,8 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here,
   pool_retain(p);
   lua_insert(L, base + 1);	/* below the values 'put' reads */
   put(L, job_input(t->job), ud);
-  lua_settop(L, base + 1);
+  t->borrows = job_input(t->job)->borrowed > 0;
+  if (!t->borrows) lua_settop(L, base + 1);	/* else they stay: see output() */
   if (here) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     here = pool_runhere(p, t->job, L, lua_tothread(L, -1));
@@ -373,7 +386,13 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here,
 /* the input of a call: the function at 'first' (*ud) and all above it */
 static void putcall (lua_State *L, Buffer *b, void *ud) {
   int first = *(int *)ud + 1;	/* one more: the task is below (base 0) */
-  message_putinput(L, b, first, lua_gettop(L) - first + 1);
+  message_putinput(L, b, first, lua_gettop(L) - first + 1, 0);
+}
+
+/* the same for run, which borrows long strings: its caller waits for the end */
+static void putrun (lua_State *L, Buffer *b, void *ud) {
+  int first = *(int *)ud + 1;
+  message_putinput(L, b, first, lua_gettop(L) - first + 1, 1);
 }
 
 
@@ -477,7 +496,12 @@ static Output *output (lua_State *L, int ti, double timeout, int raise, int canc
   for (;;) {
     long ms = ISOLATE_WAIT_MS;
     if (watch(L, &w, cancels)) {
-      if (t->job != NULL) job_cancel(t->pool, t->job);
+      if (t->job != NULL) {
+        job_cancel(t->pool, t->job);
+        /* a job that borrows strings of this stack reads them until it
+           ends (it was told to, so that comes soon): they stay till then */
+        while (t->borrows && !pool_wait(t->pool, t->job, ISOLATE_WAIT_MS, 0)) ;
+      }
       lua_error(L);
     }
     if ((o = getoutput(L, ti)) != NULL) return o;
@@ -515,6 +539,10 @@ static Output *output (lua_State *L, int ti, double timeout, int raise, int canc
   o->seen = t->quiet;
   o->id = t->id;
   job_take_output(t->job, &o->b);
+  if (o->b.owner != NULL) {
+    o->pool = t->pool;
+    pool_retain(o->pool);
+  }
   letgo(t);
   return o;
 }
@@ -568,7 +596,7 @@ static int collect (lua_State *L, int ti, int keep, double timeout, int cancels)
     message_pushfailure(L, &r);
     n = 1;
   }
-  else n = codec_decode(L, &r, CODEC_TRUSTED);
+  else n = codec_decode(L, &r, CODEC_TRUSTED | CODEC_BORROWED);
   if (keep) {			/* made first: a re-entered await may come first */
     if (t->status != JOB_DONE) lua_pushvalue(L, base + 1);
     else {
@@ -1332,7 +1360,7 @@ static int l_pool (lua_State *L) {
   if (option(L, "init", LUA_TFUNCTION, "a function")) {
     init = buffer_push(L);
     lua_pushvalue(L, -2);
-    message_putinput(L, init, lua_gettop(L), 1);
+    message_putinput(L, init, lua_gettop(L), 1, 0);
     lua_pop(L, 1);
   }
   lifecycle(L);
@@ -1354,7 +1382,7 @@ static int pool_run (lua_State *L) {
   static int first = 2;
   Pool *p = checkpool(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  submit(L, p, putcall, &first, 1, 0, 0);
+  submit(L, p, putrun, &first, 1, 0, 0);
   return collect(L, 1, 0, -1, 1);
 }
 
@@ -1469,7 +1497,7 @@ static int l_stats (lua_State *L) {
 static int l_run (lua_State *L) {
   static int first = 1;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  submit(L, defaultpool(L), putcall, &first, 1, 0, 0);
+  submit(L, defaultpool(L), putrun, &first, 1, 0, 0);
   return collect(L, 1, 0, -1, 1);
 }
 

@@ -25,6 +25,15 @@
 ** (microseconds).  Waking a sleeping thread costs tens of microseconds on
 ** some machines, more than a small isolate's whole run.
 */
+/*
+** Strings this long or longer are not copied into the message of a run's
+** arguments or of a task's results: the message borrows them from their
+** state, which stays alive until the message is decoded (buffer.h).
+*/
+#if !defined(ISOLATE_BORROW)
+#define ISOLATE_BORROW		(64u << 10)
+#endif
+
 #if !defined(ISOLATE_SPIN_US)
 #define ISOLATE_SPIN_US		50
 #endif

@@ -141,7 +141,8 @@ int mailbox_put (Mailbox *m, Buffer *msg) {
   }
   mail->next = NULL;
   mail->b.head = mail->b.tail = NULL;
-  mail->b.total = 0;
+  mail->b.total = mail->b.borrowed = 0;
+  mail->b.owner = NULL;
   mail->size = small;
   if (small > 0) {		/* (a message is never empty: it has a header) */
     unsigned char *p = mail->bytes;

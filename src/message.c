@@ -51,11 +51,12 @@ static void putindex (lua_State *L, Buffer *b, lua_Integer index) {
 }
 
 
-void message_putinput (lua_State *L, Buffer *b, int first, int n) {
+void message_putinput (lua_State *L, Buffer *b, int first, int n, int borrow) {
   putpath(L, b, "path");
   putpath(L, b, "cpath");
   putindex(L, b, 0);
-  codec_encode(L, b, first, n, ROLE_CALL);
+  if (borrow) codec_encodeborrowing(L, b, first, n, ROLE_CALL);
+  else codec_encode(L, b, first, n, ROLE_CALL);
 }
 
 
@@ -93,7 +94,7 @@ int message_getinput (lua_State *L, Reader *r, lua_Integer *index) {
   for (*index = 0, i = 7; i >= 0; i--)
     *index = (lua_Integer)(((lua_Unsigned)*index << 8) | le[i]);
   base = lua_gettop(L) + 1;
-  n = codec_decode(L, r, CODEC_TRUSTED);
+  n = codec_decode(L, r, CODEC_TRUSTED | CODEC_BORROWED);
   if (*index != 0) {		/* a map chunk: the function, then the items */
     if (n != 1) luaL_error(L, "isolate: corrupt job input");
     n += codec_decode(L, r, CODEC_TRUSTED);

@@ -21,8 +21,12 @@
 #include "lua.h"
 #include "buffer.h"
 
-/* caller: the input for the function at 'first' and the 'n' - 1 above it */
-void message_putinput (lua_State *L, Buffer *b, int first, int n);
+/*
+** caller: the input for the function at 'first' and the 'n' - 1 above it;
+** with 'borrow', long strings are borrowed (codec.h): its caller keeps
+** them alive until the job has read its input
+*/
+void message_putinput (lua_State *L, Buffer *b, int first, int n, int borrow);
 
 /*
 ** caller: the input of a chunk of a map: the function, encoded once in

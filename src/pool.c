@@ -97,7 +97,8 @@ struct Pool {
   lua_State **stash;		/* fresh states, made by idle workers, for jobs */
   int nstash, stashcap;		/* and callers (runhere): a worker's and a few */
   int making;			/* states that idle workers make for the stash */
-  lua_State *toclose[ISOLATE_STASH];	/* states of callers' jobs, to close */
+  lua_State *toclose;		/* states to close: of callers' jobs, and states
+				   whose strings outputs borrowed (state_next) */
   int ntoclose;
   int queued, busy;
   unsigned long done, failed, cancelled;
@@ -507,7 +508,8 @@ static void publish (Pool *p, Job *j, JobStatus status) {
 */
 static void lose (Job *j) {		/* mutex held */
   j->out.head = j->out.tail = NULL;
-  j->out.total = 0;
+  j->out.total = j->out.borrowed = 0;
+  j->out.owner = NULL;		/* (the parent's state: not closed here) */
   message_putplain(&j->out, "error",
     "isolate: the process forked while this task was queued or running; "
     "it runs in the parent process only");
@@ -516,9 +518,25 @@ static void lose (Job *j) {		/* mutex held */
 }
 
 
+/* mutex held: the preparer closes 'L' (a worker of the pool's, or destroy) */
+static void closelater (Pool *p, lua_State *L) {
+  state_setnext(L, p->toclose);
+  p->toclose = L;
+  p->ntoclose++;
+  pthread_cond_signal(&p->prep);
+}
+
+
+void pool_closelater (Pool *p, lua_State *L) {
+  pthread_mutex_lock(&p->mu);
+  closelater(p, L);
+  pthread_mutex_unlock(&p->mu);
+}
+
+
 static void job_unref (Pool *p, Job *j) {	/* mutex held */
-  (void)p;
   if (--j->refs == 0) {
+    if (j->out.owner != NULL) closelater(p, (lua_State *)j->out.owner);
     buffer_free(&j->in);
     buffer_free(&j->out);
     mailbox_free(&j->mail);
@@ -949,12 +967,17 @@ static void execute (Pool *p, Job *j, lua_State *L, Worker *w, int handoff) {
     message_putplain(&j->out, "cancelled", ISOLATE_CANCELLED);
     publish(p, j, JOB_CANCELLED);
   }
-  else publish(p, j, ok ? JOB_DONE : JOB_FAILED);
+  else {
+    if (j->out.borrowed > 0) {	/* the output holds L's strings: L stays */
+      j->out.owner = L;
+      L = NULL;
+    }
+    publish(p, j, ok ? JOB_DONE : JOB_FAILED);
+  }
   job_unref(p, j);
   if (handoff && L != NULL && p->ntoclose < ISOLATE_STASH) {
-    p->toclose[p->ntoclose++] = L;	/* a worker closes it */
+    closelater(p, L);		/* the preparer closes it */
     L = NULL;
-    pthread_cond_signal(&p->prep);
   }
   pthread_mutex_unlock(&p->mu);
   if (forked) _exit(ok ? 0 : 1);
@@ -1082,7 +1105,9 @@ static void *preparer (void *arg) {
       pthread_cond_wait(&p->prep, &p->mu);
     if (p->ntoclose > 0) {	/* a caller's state, after its job */
       unsigned long e = epoch;
-      L = p->toclose[--p->ntoclose];
+      L = p->toclose;
+      p->toclose = state_next(L);
+      p->ntoclose--;
       p->preparing = 1;		/* (for fork: it allocates and frees) */
       pthread_mutex_unlock(&p->mu);
       state_close(L);
@@ -1212,6 +1237,7 @@ static void orphan_pool (Pool *p) {
   p->head = p->tail = p->running = NULL;
   p->queued = p->busy = 0;
   p->nstash = p->ntoclose = 0;
+  p->toclose = NULL;
   p->making = 0;
   p->sleeping = 0;
   p->threads = 0;
@@ -1339,7 +1365,11 @@ Pool *pool_default (void) {
 /* free a pool of one's own that no list, thread or task knows any more */
 static void destroy (Pool *p) {
   while (p->nstash > 0) state_close(p->stash[--p->nstash]);
-  while (p->ntoclose > 0) state_close(p->toclose[--p->ntoclose]);
+  while (p->toclose != NULL) {
+    lua_State *L = p->toclose;
+    p->toclose = state_next(L);
+    state_close(L);
+  }
   free(p->workers);
   free(p->stash);
   pthread_cond_destroy(&p->work);

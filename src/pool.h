@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 
+#include "lua.h"
 #include "buffer.h"
 #include "mailbox.h"
 
@@ -43,6 +44,12 @@ int pool_cpus (void);
 Pool *pool_new (int size, const char *name, size_t limit, Buffer *init);
 void pool_retain (Pool *p);
 void pool_release (Pool *p);
+
+/*
+** A state whose strings a job's output borrowed (buffer.h), once the
+** output is read: the pool's preparer closes it, off the reader's path.
+*/
+void pool_closelater (Pool *p, lua_State *L);
 
 /*
 ** Take no more jobs.  Its threads run those queued, then end; wait for

@@ -184,6 +184,7 @@ typedef struct Isolate {
   int initfailed;		/* the pool's init failed: 'initrec' tells how */
   int initing;			/* the pool's init runs */
   int closing;			/* lua_close runs its finalizers */
+  lua_State *next;		/* in a list of states to close (state_setnext) */
   Buffer initrec;
   Exit exit;			/* the first exit asked for */
   int final;			/* the outcome is decided: exits change nothing */
@@ -819,6 +820,15 @@ lua_State *state_new (size_t limit) {
   return L;
 }
 
+void state_setnext (lua_State *L, lua_State *next) {
+  current(L)->next = next;
+}
+
+lua_State *state_next (lua_State *L) {
+  return current(L)->next;
+}
+
+
 void state_close (lua_State *L) {
   if (L != NULL) {
     Isolate *iso = current(L);
@@ -867,11 +877,13 @@ static int body (lua_State *L) {
     iso->index = 0;
     lua_remove(L, 2);
   }
-  if (iso->exit == EXIT_NONE)
-    codec_encodelist(L, iso->out, 2, lua_gettop(L) - 1,
-                     index == 0 ? ROLE_RESULT : ROLE_ITEMRESULT, index - (index != 0),
-                     index == 0 ? NULL : &iso->index);	/* the failing item's */
-  return 0;
+  if (iso->exit != EXIT_NONE) return 0;
+  if (index == 0)
+    codec_encodeborrowing(L, iso->out, 2, lua_gettop(L) - 1, ROLE_RESULT);
+  else
+    codec_encodelist(L, iso->out, 2, lua_gettop(L) - 1, ROLE_ITEMRESULT, index - 1,
+                     &iso->index);	/* the failing item's */
+  return lua_gettop(L) - 1;	/* they stay on the stack: the output may borrow */
 }
 
 
@@ -1007,7 +1019,7 @@ int state_run (lua_State *L, Buffer *in, Buffer *out, const StateRun *run) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &msgh_key);	/* nothing allocates here */
   lua_pushcfunction(L, body);
   lua_pushlightuserdata(L, iso);
-  status = lua_pcall(L, 1, 0, 1);
+  status = lua_pcall(L, 1, LUA_MULTRET, 1);	/* the results stay, for 'out' */
   iso->final = 1;		/* from here on, exits change nothing */
   ok = (iso->exit == EXIT_RESULTS && iso->index == 0) ||
        (status == LUA_OK && iso->exit == EXIT_NONE);

@@ -17,6 +17,9 @@
 lua_State *state_new (size_t limit);
 /* close a state from state_new (NULL: nothing to do) */
 void state_close (lua_State *L);
+/* a list of states to close, linked through them (no memory needed) */
+void state_setnext (lua_State *L, lua_State *next);
+lua_State *state_next (lua_State *L);
 
 /* what state_run needs to know of the job besides its input and output */
 typedef struct StateRun {
@@ -38,7 +41,8 @@ void state_init (lua_State *L, Buffer *init, const StateRun *run);
 /*
 ** Run the job whose input is 'in' (message.h) in 'L', a state from
 ** state_new (NULL: none could be made); 'in' is freed.  The caller closes
-** 'L' (state_close) once it has handed the results over.
+** 'L' (state_close) once it has handed the results over; if 'out' borrows
+** strings (out->borrowed), they are L's: L is closed after 'out' is read.
 ** While the job's code may run, 'L' is in run->shown, for a handler of
 ** the cancel signal on this thread (state_interrupt).  Returns 1 with the
 ** results in 'out', or 0 with a failure record there (message.h).  Never
