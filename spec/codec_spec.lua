@@ -2,7 +2,7 @@ local isolate = require "isolate"
 
 -- The header of a message of n values without names: magic, version,
 -- count, and the 8-byte offset of the names section (0: none).
-local function HEAD(n) return "\27ISO\2" .. string.char(n) .. ("\0"):rep(8) end
+local function HEAD(n) return "\27ISO\3" .. string.char(n) .. ("\0"):rep(8) end
 
 describe("isolate.encode and isolate.decode", function()
   it("round-trip values, keeping identity inside one transfer", function()
@@ -22,7 +22,7 @@ describe("isolate.encode and isolate.decode", function()
   end)
 
   it("start with a magic and a version byte", function()
-    assert.equal("\27ISO\2", isolate.encode():sub(1, 5))
+    assert.equal("\27ISO\3", isolate.encode():sub(1, 5))
   end)
 
   it("refuse functions unless asked for trusted input", function()
@@ -39,7 +39,7 @@ describe("isolate.encode and isolate.decode", function()
   it("reject input that is not theirs", function()
     assert.has_error(function() isolate.decode("hello") end, "isolate: cannot decode: not an isolate payload")
     assert.has_error(function() isolate.decode("\27ISO\9\0") end,
-      "isolate: cannot decode: format version 9, expected 2")
+      "isolate: cannot decode: format version 9, expected 3")
     assert.has_error(function() isolate.decode(isolate.encode(1) .. "x") end,
       "isolate: cannot decode: 1 bytes after the values")
     assert.has_error(function() isolate.decode(HEAD(1) .. "\31") end,
@@ -85,7 +85,7 @@ describe("isolate.encode and isolate.decode", function()
 end)
 
 -- A message header (see codec_spec's HEAD) for n values, no names.
-local function head(n) return "\27ISO\2" .. string.char(n) .. ("\0"):rep(8) end
+local function head(n) return "\27ISO\3" .. string.char(n) .. ("\0"):rep(8) end
 local function u32(n) return string.pack("<I4", n) end
 
 -- KB that decoding 's' allocates, measured with the collector stopped so
@@ -159,7 +159,7 @@ describe("the decoder trusts nothing", function()
     -- a hash part claiming twice the input, and a count of values larger than it
     assert.has_error(function() isolate.decode(head(1) .. "\9" .. u32(0) .. u32(1000) .. ("\128"):rep(1000)) end,
       "isolate: cannot decode: table larger than its input (at byte 23)")
-    assert.has_error(function() isolate.decode("\27ISO\2\200\1" .. ("\0"):rep(8) .. ("\128"):rep(100)) end,
+    assert.has_error(function() isolate.decode("\27ISO\3\200\1" .. ("\0"):rep(8) .. ("\128"):rep(100)) end,
       "isolate: cannot decode: more values than input (at byte 15)")
   end)
 
@@ -172,7 +172,7 @@ describe("the decoder trusts nothing", function()
       head(1) .. "\9" .. u32(n) .. u32(0) .. ("\32"):rep(n),
       head(1) .. "\9" .. u32(0) .. u32(n) .. ("\129\128"):rep(n) .. "",
       -- many values at the top level
-      "\27ISO\2" .. "\128\128\1" .. ("\0"):rep(8) .. ("\128"):rep(16384),
+      "\27ISO\3" .. "\128\128\1" .. ("\0"):rep(8) .. ("\128"):rep(16384),
       -- the same, cut short: the decoder fails after allocating
       head(1) .. "\9" .. u32(n) .. u32(0) .. ("\9" .. u32(0) .. u32(0)):rep(n // 2),
     }

@@ -60,13 +60,14 @@ enum Tag {
   T_LIGHTUD,		/* 8 bytes: the pointer */
   T_OBJECT,		/* varint n, then n values: a constructor, its arguments */
   T_BORROWED,		/* varint length, 8 bytes: the address of the bytes */
+  T_KEYREF,		/* as a table key only: varint id of a short key sent before */
   T_SHORTSTR = 0x20,	/* 0x20-0x3f: a string of (tag - 0x20) bytes */
   T_SMALLINT = 0x80	/* 0x80-0xff: the integer (tag - 0x80) */
 };
 
 #define SHORTSTR_MAX	31
 
-static const unsigned char magic[5] = {0x1b, 'I', 'S', 'O', 2};
+static const unsigned char magic[5] = {0x1b, 'I', 'S', 'O', 3};
 
 #define OFFSET_SIZE	8	/* bytes of the names section's offset */
 
@@ -156,12 +157,47 @@ typedef struct Step {
   const char *name;		/* S_UPVALUE, S_FIELD: a string on the stack */
 } Step;
 
+/*
+** The tables, functions and objects met so far, by address: an open
+** addressing hash in a userdata (made when first needed, doubled when
+** half full).  Each one is also kept in a Lua array, id -> object, so that
+** none can be collected while the encoder runs (finalizers and __isolate
+** run Lua code) and another take its address.
+*/
+typedef struct SeenSlot {
+  const void *p;
+  lua_Integer id;
+} SeenSlot;
+
+typedef struct Seen {
+  size_t mask, count;
+  SeenSlot slot[1];
+} Seen;
+
+/*
+** Short strings that were table keys, so that a key met again is sent as
+** a T_KEYREF: records of the same kind repeat their keys, and a decoder
+** that pushes one as it is spares hashing and interning it again.  Each
+** short key written is numbered on both sides; the cache keeps the last
+** one of each slot, with its bytes, so that a hit is always right.
+*/
+#define KEYCACHE	128
+
+typedef struct KeySlot {
+  const char *p;		/* the string when cached (a quick first test) */
+  uint32_t id;
+  unsigned char len;
+  char bytes[SHORTSTR_MAX];
+} KeySlot;
+
 typedef struct Encoder {
   lua_State *L;
   Buffer *b;
   Role role;
   int globals;			/* stack index of the globals table */
-  int seen;			/* table or function -> id (made when first needed) */
+  int seen;			/* stack index of the Seen userdata (or nil) */
+  int kept;			/* stack index: id -> table or function met */
+  Seen *seenp;
   int upvals;			/* upvalue id -> function id * 256 + (n - 1) */
   int used;			/* module name -> i, i -> name: the names section */
   lua_Integer nused;
@@ -171,6 +207,8 @@ typedef struct Encoder {
   int depth;			/* steps in 'path' */
   lua_Integer *failed;		/* where to note the value that cannot go */
   size_t borrow;		/* strings this long or longer are borrowed (0: none) */
+  uint32_t nkeys;		/* short keys numbered */
+  KeySlot keys[KEYCACHE];
   Step path[ISOLATE_MAXDEPTH + 2];	/* an argument, then a step a level */
 } Encoder;
 
@@ -379,32 +417,89 @@ static void put_name (Encoder *e, const char *name, size_t len) {
 }
 
 
+static void encode (Encoder *e, int idx);
+
+
+/*
+** The hash of an address is the address: objects made one after another,
+** as a program builds its data, are met one after another, and their
+** slots follow each other in memory too.
+*/
+static SeenSlot *seen_slot (Seen *s, const void *p) {
+  size_t i;
+  for (i = ((uintptr_t)p >> 4) & s->mask; s->slot[i].p != NULL && s->slot[i].p != p;
+       i = (i + 1) & s->mask) ;
+  return &s->slot[i];
+}
+
+static void seen_grow (Encoder *e) {
+  lua_State *L = e->L;
+  Seen *old = e->seenp;
+  size_t cap = old == NULL ? 64 : 2 * (old->mask + 1), i;
+  Seen *s = (Seen *)lua_newuserdatauv(L, sizeof(Seen) + (cap - 1) * sizeof(SeenSlot), 0);
+  memset(s, 0, sizeof(Seen) + (cap - 1) * sizeof(SeenSlot));
+  s->mask = cap - 1;
+  if (old != NULL) {
+    for (i = 0; i <= old->mask; i++)
+      if (old->slot[i].p != NULL) *seen_slot(s, old->slot[i].p) = old->slot[i];
+    s->count = old->count;
+  }
+  else {
+    lua_newtable(L);
+    lua_replace(L, e->kept);
+  }
+  lua_replace(L, e->seen);
+  e->seenp = s;
+}
+
+/* the id of the object at 'idx' becomes 'id' (it was met) */
+static void seen_setid (Encoder *e, int idx, lua_Integer id) {
+  seen_slot(e->seenp, lua_topointer(e->L, idx))->id = id;
+}
+
 /* emit a T_REF and return 1 if the table or function was met before */
 static int seen_before (Encoder *e, int idx) {
   lua_State *L = e->L;
-  if (lua_isnil(L, e->seen)) {
-    lua_newtable(L);
-    lua_replace(L, e->seen);
+  const void *p = lua_topointer(L, idx);
+  SeenSlot *s;
+  if (e->seenp == NULL || 2 * (e->seenp->count + 1) > e->seenp->mask + 1)
+    seen_grow(e);
+  s = seen_slot(e->seenp, p);
+  if (s->p != NULL) {
+    if (s->id < 0)		/* an object being made: encode_object */
+      fail(e, "cannot transfer an object that its own __isolate results contain");
+    put_varint(e, T_REF, (uint64_t)s->id);
+    return 1;
   }
-  else {
-    lua_pushvalue(L, idx);
-    if (lua_rawget(L, e->seen) == LUA_TNUMBER) {
-      if (lua_tointeger(L, -1) < 0)	/* an object being made: encode_object */
-        fail(e, "cannot transfer an object that its own __isolate results contain");
-      put_varint(e, T_REF, (uint64_t)lua_tointeger(L, -1));
-      lua_pop(L, 1);
-      return 1;
-    }
-    lua_pop(L, 1);
-  }
+  s->p = p;
+  s->id = ++e->nextid;
+  e->seenp->count++;
   lua_pushvalue(L, idx);
-  lua_pushinteger(L, ++e->nextid);
-  lua_rawset(L, e->seen);
+  lua_rawseti(L, e->kept, e->nextid);
   return 0;
 }
 
 
-static void encode (Encoder *e, int idx);
+/* a table key that is a string: a short one met before is a T_KEYREF */
+static void put_key (Encoder *e, int idx) {
+  size_t len;
+  const char *s = lua_tolstring(e->L, idx, &len);
+  KeySlot *k;
+  if (len > SHORTSTR_MAX) {
+    encode(e, idx);
+    return;
+  }
+  k = &e->keys[((uintptr_t)s >> 4 ^ len) % KEYCACHE];
+  if (k->p == s && k->len == len && memcmp(k->bytes, s, len) == 0) {
+    put_varint(e, T_KEYREF, k->id);
+    return;
+  }
+  put_string(e, s, len);
+  k->p = s;
+  k->len = (unsigned char)len;
+  memcpy(k->bytes, s, len);
+  k->id = ++e->nkeys;
+}
 
 
 /*
@@ -426,9 +521,7 @@ static int encode_object (Encoder *e, int idx) {
     return 1;
   }
   id = e->nextid;
-  lua_pushvalue(L, idx);
-  lua_pushinteger(L, -id);
-  lua_rawset(L, e->seen);
+  seen_setid(e, idx, -id);
   enter(e);
   lua_pushvalue(L, idx);
   if (lua_pcall(L, 1, LUA_MULTRET, 0) != LUA_OK)
@@ -448,9 +541,7 @@ static int encode_object (Encoder *e, int idx) {
   }
   unstep(e);
   lua_settop(L, top);
-  lua_pushvalue(L, idx);
-  lua_pushinteger(L, id);
-  lua_rawset(L, e->seen);
+  seen_setid(e, idx, id);
   leave(e);
   return 1;
 }
@@ -536,7 +627,8 @@ static void encode_table (Encoder *e, int t) {
       kind = S_FIELD;
     s->kind = S_KEY;
     s->idx = top + 1;
-    encode(e, top + 1);
+    if (kind == S_FIELD) put_key(e, top + 1);
+    else encode(e, top + 1);
     s->kind = kind;
     if (kind == S_FIELD) s->name = lua_tostring(L, top + 1);
     encode(e, top + 2);
@@ -730,10 +822,14 @@ static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
   isolate_checkstack(L, 8);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   e.globals = top + 1;
-  lua_settop(L, top + 4);	/* three lookup tables, made when first needed */
+  lua_settop(L, top + 5);	/* four lookup tables, made when first needed */
   e.seen = top + 2;
   e.upvals = top + 3;
   e.used = top + 4;
+  e.kept = top + 5;
+  e.seenp = NULL;
+  e.nkeys = 0;
+  memset(e.keys, 0, sizeof(e.keys));
   names_open(L, &e.names);
   if (!w_bytes(b, magic, sizeof(magic)) || !w_tagvarint(b, -1, (uint64_t)n))
     nomem(&e);
@@ -763,7 +859,8 @@ typedef struct Decoder {
   int flags;
   int refs;			/* stack index: id -> table or function */
   int names;			/* stack index: i -> module (trusted input) */
-  lua_Integer nextid, nnames;
+  int keys;			/* stack index: id -> short string key (made when needed) */
+  lua_Integer nextid, nnames, nkeys;
   size_t end;			/* reader position where the values end */
   size_t promised;		/* bytes owed to elements counted, not yet read */
   int depth;
@@ -872,6 +969,33 @@ static inline void decode_next (Decoder *d) {
 }
 
 
+/*
+** A key of a table's other pairs: a short string is numbered, as the
+** encoder numbered it, and a T_KEYREF is one numbered before.
+*/
+static void decode_key (Decoder *d) {
+  lua_State *L = d->L;
+  int tag;
+  d->promised--;
+  tag = *take(d, 1);
+  if (tag == T_KEYREF) {
+    uint64_t id = varint(d);
+    if (id < 1 || id > (uint64_t)d->nkeys) bad(d, "bad key reference");
+    lua_rawgeti(L, d->keys, (lua_Integer)id);
+    return;
+  }
+  decode(d, tag);
+  if (tag >= T_SHORTSTR && tag <= T_SHORTSTR + SHORTSTR_MAX) {
+    if (lua_isnil(L, d->keys)) {
+      lua_newtable(L);
+      lua_replace(L, d->keys);
+    }
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, d->keys, ++d->nkeys);
+  }
+}
+
+
 static void decode_table (Decoder *d, int hasmt) {
   lua_State *L = d->L;
   const unsigned char *counts = take(d, 8);
@@ -888,7 +1012,7 @@ static void decode_table (Decoder *d, int hasmt) {
     lua_rawseti(L, t, (lua_Integer)i);
   }
   for (i = 0; i < nhash; i++) {
-    decode_next(d);
+    decode_key(d);
     if (lua_isnil(L, -1) ||
         (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1)))
       bad(d, "table key is nil or NaN");
@@ -1151,6 +1275,7 @@ int codec_decode (lua_State *L, Reader *r, int flags) {
   d.flags = flags;
   d.nextid = 0;
   d.nnames = 0;
+  d.nkeys = 0;
   d.promised = 0;
   d.depth = 0;
   d.end = r->pos + r->left;
@@ -1167,6 +1292,8 @@ int codec_decode (lua_State *L, Reader *r, int flags) {
   d.refs = top + 1;
   lua_pushnil(L);		/* 'names' */
   d.names = top + 2;
+  lua_pushnil(L);		/* 'keys' */
+  d.keys = top + 3;
   if (offset != 0) {
     names = decode_names(&d, start, offset);
     d.end = start + (size_t)offset;
@@ -1178,8 +1305,8 @@ int codec_decode (lua_State *L, Reader *r, int flags) {
   for (i = 0; i < n; i++) decode_next(&d);
   if (offset != 0 && (r->pos != d.end || !reader_skip(r, names)))
     bad(&d, "bad names offset");
-  lua_remove(L, top + 1);
-  lua_remove(L, top + 1);
+  lua_rotate(L, top + 1, -3);	/* the three tables go */
+  lua_pop(L, 3);
   return (int)n;
 }
 

@@ -21,11 +21,6 @@
 #endif
 
 /*
-** How long a caller about to sleep until its job ends spins first
-** (microseconds).  Waking a sleeping thread costs tens of microseconds on
-** some machines, more than a small isolate's whole run.
-*/
-/*
 ** Strings this long or longer are not copied into the message of a run's
 ** arguments or of a task's results: the message borrows them from their
 ** state, which stays alive until the message is decoded (buffer.h).
@@ -34,6 +29,11 @@
 #define ISOLATE_BORROW		(64u << 10)
 #endif
 
+/*
+** How long a caller about to sleep until its job ends spins first
+** (microseconds).  Waking a sleeping thread costs tens of microseconds on
+** some machines, more than a small isolate's whole run.
+*/
 #if !defined(ISOLATE_SPIN_US)
 #define ISOLATE_SPIN_US		50
 #endif

@@ -862,7 +862,9 @@ static int body (lua_State *L) {
   Reader r;
   int n, i;
   reader_init(&r, iso->in);
+  lua_gc(L, LUA_GCSTOP);	/* all it decodes is alive: a collection is wasted work */
   n = message_getinput(L, &r, &index);
+  lua_gc(L, LUA_GCRESTART);
   buffer_free(iso->in);
   state_checkcancel(L);		/* asked for before the hook could be set */
   if (index == 0) lua_call(L, n - 1, LUA_MULTRET);
@@ -878,6 +880,7 @@ static int body (lua_State *L) {
     lua_remove(L, 2);
   }
   if (iso->exit != EXIT_NONE) return 0;
+  lua_gc(L, LUA_GCSTOP);	/* the state ends after this: so does its garbage */
   if (index == 0)
     codec_encodeborrowing(L, iso->out, 2, lua_gettop(L) - 1, ROLE_RESULT);
   else
