@@ -274,3 +274,55 @@ do
     report("run(function() return 1 end) via isolate.luv", looped, us, "the blocking isolate.run", blocking, 1.5)
   end
 end
+
+-- 12. Cold transfers: each measurement in a fresh process (bench/cold.lua),
+--     as a script that does its one big job; each against its baseline,
+--     also measured in fresh processes of this run.
+do
+  local lua = arg[-1] or "lua5.4"
+  local function cold(case)
+    local xs = {}
+    for r = 1, RUNS do
+      local p = assert(io.popen(string.format("%q bench/cold.lua %s", lua, case)))
+      local out = p:read("a")
+      p:close()
+      xs[r] = assert(tonumber(out:match("^%s*(%S+)")), "bench/cold.lua " .. case .. ": " .. out)
+    end
+    return median(xs)
+  end
+  local function ratio(name, case, base_name, base_case, goal, unit)
+    local v, b = cold(case), cold(base_case)
+    print(string.format("%-44s %9.2f %s   %-36s %9.2f %s   ratio %5.2f%s", name, v, unit or "ms", base_name, b,
+      unit or "ms", v / b, goal and string.format("  (goal <= %.1f: %s)", goal, v / b <= goal and "met" or "NOT MET") or ""))
+  end
+  ratio("cold: 1e6 integers returned, after the build", "ints-run", "building them in the caller", "ints-local", 0.5)
+  ratio("cold: 100k records returned, after the build", "recs-run", "building them in the caller", "recs-local", 0.6)
+  ratio("cold: 64 MiB string, argument and result of run", "str-run", "memcpy into fresh memory", "str-copy", 2.0)
+  ratio("cold: peak RSS returning 1e6 strings of 100 B", "strs-run", "building them in the caller", "strs-local", 1.3, "MiB")
+end
+
+-- 13. The codec against lua-cjson on the same 100k records (warm, the
+--     collector stopped during each measurement on both sides).
+do
+  local ok, cjson = pcall(require, "cjson")
+  if not ok then
+    print("lua-cjson not installed: skipped the cjson figure")
+  else
+    local recs = {}
+    for i = 1, 100000 do recs[i] = {id = i, name = "name " .. i, score = i * 0.5} end
+    local function stopped(f)
+      return function()
+        collectgarbage()
+        collectgarbage("stop")
+        local t0 = bench.now()
+        f()
+        local t = bench.now() - t0
+        collectgarbage("restart")
+        return t
+      end
+    end
+    local iso = measure(1, stopped(function() isolate.decode(isolate.encode(recs)) end))
+    local cj = measure(1, stopped(function() cjson.decode(cjson.encode(recs)) end))
+    report("encode + decode, 100k records", iso, ms, "cjson.encode + cjson.decode", cj, 0.2)
+  end
+end

@@ -993,6 +993,11 @@ static void decode_key (Decoder *d) {
     lua_pushvalue(L, -1);
     lua_rawseti(L, d->keys, ++d->nkeys);
   }
+  else if ((tag == T_NIL || tag == T_FLOAT || tag == T_OBJECT || tag == T_REF ||
+            tag == T_MODULE) &&
+           (lua_isnil(L, -1) || (lua_type(L, -1) == LUA_TNUMBER &&
+                                 lua_tonumber(L, -1) != lua_tonumber(L, -1))))
+    bad(d, "table key is nil or NaN");	/* only these tags can make one */
 }
 
 
@@ -1013,9 +1018,6 @@ static void decode_table (Decoder *d, int hasmt) {
   }
   for (i = 0; i < nhash; i++) {
     decode_key(d);
-    if (lua_isnil(L, -1) ||
-        (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1)))
-      bad(d, "table key is nil or NaN");
     decode_next(d);
     lua_rawset(L, t);
   }
