@@ -26,7 +26,9 @@
 ** and cobject.live() counts the structs not dead.  attach() of a dead
 ** struct raises "cobject: attach of a dead counter" and counts a misuse;
 ** so does any use of a dead struct (cobject.misuse()).  A struct that
-** went dead twice would also count one.
+** went dead twice would also count one.  The dead are freed when the
+** library is unloaded (the last state that required it closed): nobody
+** can attach one then.
 */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
@@ -55,6 +57,15 @@ static Shared *graveyard;
 
 
 int luaopen_cobject (lua_State *L);
+
+
+__attribute__((destructor)) static void bury (void) {
+  while (graveyard != NULL) {
+    Shared *s = graveyard;
+    graveyard = s->next;
+    free(s);
+  }
+}
 
 
 /* take a reference to a live struct: 0 if it is dead (or was never one) */
