@@ -900,6 +900,23 @@ describe("objects that travel", function()
       assert.equal("exit", err.kind)
     end)
 
+    -- names.c makes its map of module tables once per encode, when the
+    -- first table is met, on the premise that no Lua code runs while
+    -- values are encoded: __isolate runs Lua code, and a module that it
+    -- requires first is copied by value instead of going by name.
+    it("BUG: a module that __isolate requires first still travels by name", function()
+      package.preload["objspec.lazy"] = function() return {lazy = true} end
+      local o = object(function()
+        local m = require "objspec.lazy"
+        return function(x) return x end, m
+      end)
+      local r = isolate.decode(isolate.encode({o}), {trusted = true})
+      local m = package.loaded["objspec.lazy"]
+      package.preload["objspec.lazy"], package.loaded["objspec.lazy"] = nil, nil
+      assert.is_true(r[1].lazy)
+      assert.equal(m, r[1])
+    end)
+
     it("BUG: an __isolate that re-enters the encoder on deep values is an error, not a crash", function()
       for _, mode in ipairs{"reenter", "reenter-run"} do
         local r = sub.run("spec/scenario/objects.lua", {mode}, {timeout = 30})
