@@ -917,6 +917,14 @@ describe("objects that travel", function()
       assert.equal(m, r[1])
     end)
 
+    -- encode_object catches what __isolate raises and raises a message
+    -- of its own: a memory error in there becomes a plain error
+    it("BUG: an allocation that fails in __isolate or a constructor is a memory error (build/host)", function()
+      local r = sub.run("spec/scenario/objects.lua", {"alloc"}, {timeout = 60, interpreter = sub.host()})
+      assert.equal(0, r.code, r.report)
+      assert.matches("ok\n$", r.stdout)
+    end)
+
     it("BUG: an __isolate that re-enters the encoder on deep values is an error, not a crash", function()
       for _, mode in ipairs{"reenter", "reenter-run"} do
         local r = sub.run("spec/scenario/objects.lua", {mode}, {timeout = 30})

@@ -12,6 +12,12 @@
 --             overflow"), never a crash: prints "ok" and the error
 --   reenter-run  the same through isolate.run, which the caller may run
 --             on its own thread
+--   alloc     (under build/host, spec/host.c) encode and decode, and
+--             isolate.run, of a graph of objects and streams, with each
+--             allocation request of the caller failing in turn: each
+--             attempt must give the right answer or a memory error, as
+--             alloc.lua's steps must.  Prints one line per outcome and
+--             step, "ok" last if all passed
 local isolate = require "isolate"
 
 local mode = arg[1]
@@ -55,6 +61,58 @@ elseif mode == "reenter" or mode == "reenter-run" then
     print("unexpected: " .. tostring(ok) .. " " .. tostring(e):sub(1, 200))
     os.exit(1)
   end
+elseif mode == "alloc" then
+  local mt = {__isolate = function(o)
+    return function(v, t) return {v = v, t = t} end, o.v, {1, 2, 3, s = "x"}
+  end}
+  local shared = setmetatable({v = 1}, mt)
+  local graph = {a = shared, b = {shared, setmetatable({v = 2}, mt)}, out = io.stdout,
+                 c = setmetatable({}, {__isolate = function() return string.rep, "ab", 3 end})}
+  local function right(r)
+    return type(r) == "table" and r.a == r.b[1] and r.a.v == 1 and r.b[2].t.s == "x"
+       and r.out == io.stdout and r.c == "ababab"
+  end
+  local steps = {
+    {"codec", function() return isolate.decode(isolate.encode(graph), {trusted = true}) end},
+    {"run", function() return isolate.run(function(g) return g end, graph) end},
+  }
+  local function attempt(step, n)
+    local co = coroutine.create(function()
+      host_failalloc(n)
+      local r = step()
+      host_failalloc(0)
+      return r
+    end)
+    local ok, r = coroutine.resume(co)
+    host_failalloc(0)
+    return ok, r
+  end
+  local bad = 0
+  for _, s in ipairs(steps) do
+    local name, step = s[1], s[2]
+    assert(right(step()), "the step does not work without failures")
+    host_failalloc(0)
+    coroutine.resume(coroutine.create(step))
+    local N = host_failalloc(0)
+    local outcomes = {}
+    for n = 1, N + 10 do
+      local ok, r = attempt(step, n)
+      local what
+      if ok then what = right(r) and "right" or "WRONG ANSWER"
+      else
+        local msg = getmetatable(r) == isolate.RemoteError and r.message or tostring(r)
+        what = msg == "not enough memory" and "memory error" or ("NOT A MEMORY ERROR: " .. msg)
+      end
+      if what:match("^[A-Z]") then bad = bad + 1 end
+      outcomes[what] = (outcomes[what] or 0) + 1
+      assert(isolate.run(function() return 1 end) == 1)
+    end
+    local lines = {}
+    for what, count in pairs(outcomes) do lines[#lines + 1] = name .. ": " .. count .. " " .. what end
+    table.sort(lines)
+    print(table.concat(lines, "\n"))
+  end
+  if bad == 0 then print("ok") else os.exit(1) end
 else
   print("no such mode: " .. tostring(mode))
   os.exit(2)
