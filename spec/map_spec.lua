@@ -127,7 +127,7 @@ describe("isolate.map", function()
 
   describe("when a result cannot travel", function()
     it("raises a RemoteError with that item's index", function()
-      local ok, err = pcall(isolate.map, function(x) if x == 3 then return io.stdout end return x end,
+      local ok, err = pcall(isolate.map, function(x) if x == 3 then return io.tmpfile() end return x end,
         {1, 2, 3, 4})
       assert.is_false(ok)
       assert.equal(isolate.RemoteError, getmetatable(err))

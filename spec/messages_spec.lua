@@ -201,7 +201,7 @@ describe("isolate.emit's errors", function()
   end)
 
   it("uncaught, the transfer error fails the task with a RemoteError", function()
-    local task = isolate.spawn(function() isolate.emit(io.stdout) end)
+    local task = isolate.spawn(function() isolate.emit(io.tmpfile()) end)
     local ok, err = task:result()
     assert.is_false(ok)
     assert.equal(isolate.RemoteError, getmetatable(err))
