@@ -23,15 +23,22 @@ LUA_LIB ?= -llua5.4
 all: $(BUILD)/isolate/core.so
 
 # What the specs need besides the core, plain in every run: a small C
-# module for the process specs (fork, waitpid, kill), and a host
+# module for the process specs (fork, waitpid, kill), a C-backed object
+# that travels through __isolate (spec/cobject.c) for the objects
+# specs, and a host
 # interpreter whose allocations fail on request (spec/host.c) for the
 # allocation specs.  The TSan run uses its own host instead.
 SPEC_POSIX = $(BUILD)/spec/posix.so
+SPEC_COBJECT = $(BUILD)/spec/cobject.so
 SPEC_HOST = $(BUILD)/host
 
 $(SPEC_POSIX): spec/posix.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC -shared -o $@ $<
+
+$(SPEC_COBJECT): spec/cobject.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC -shared -o $@ $< -lpthread
 
 $(SPEC_HOST): spec/host.c
 	@mkdir -p $(dir $@)
@@ -47,7 +54,7 @@ $(BUILD)/isolate/core.so: $(SRC) $(HDR)
 # $(call specs,INTERPRETER (with its environment),BUSTED ARGUMENTS)
 specs = @{ $(1) /usr/bin/busted $(2) -o TAP; echo "\# exit status $$?"; } | $(LUA) spec/summary.lua
 
-test: all $(SPEC_POSIX) $(SPEC_HOST)
+test: all $(SPEC_POSIX) $(SPEC_COBJECT) $(SPEC_HOST)
 	$(call specs,$(LUA),)
 
 $(BUILD)/asan/isolate/core.so: $(SRC) $(HDR)
@@ -64,7 +71,7 @@ $(BUILD)/tsan/isolate/core.so: $(SRC) $(HDR)
 # quarantine, its allocator); their leak checks at exit stand in for it.
 # Specs that time work at scale, or repeat a race many times, do less (the
 # tools run code 5 to 50 times slower).
-asan: $(BUILD)/asan/isolate/core.so $(SPEC_POSIX) $(SPEC_HOST)
+asan: $(BUILD)/asan/isolate/core.so $(SPEC_POSIX) $(SPEC_COBJECT) $(SPEC_HOST)
 	$(call specs,ISOLATE_SPEC_UNDER_TOOL=1 LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $(LUA),--cpath="$(BUILD)/asan/?.so")
 
@@ -74,12 +81,12 @@ $(BUILD)/tsan/host: spec/host.c
 	@mkdir -p $(dir $@)
 	$(SAN_CC) -O1 -g -fsanitize=thread $(WARN) $(LUA_INC) -o $@ $< $(LUA_LIB)
 
-tsan: $(BUILD)/tsan/isolate/core.so $(BUILD)/tsan/host $(SPEC_POSIX)
+tsan: $(BUILD)/tsan/isolate/core.so $(BUILD)/tsan/host $(SPEC_POSIX) $(SPEC_COBJECT)
 	$(call specs,ISOLATE_SPEC_UNDER_TOOL=1 TSAN_OPTIONS=halt_on_error=1 $(BUILD)/tsan/host,--cpath="$(BUILD)/tsan/?.so")
 
 # The property spec runs a tenth of its random cases: under valgrind all of
 # them take minutes.
-valgrind: all $(SPEC_POSIX) $(SPEC_HOST)
+valgrind: all $(SPEC_POSIX) $(SPEC_COBJECT) $(SPEC_HOST)
 	$(call specs,ISOLATE_SPEC_UNDER_TOOL=1 ISOLATE_PROPERTY_SCALE=0.1 valgrind -q --error-exitcode=99 --leak-check=full \
 		--show-leak-kinds=definite --errors-for-leak-kinds=definite $(LUA),)
 
