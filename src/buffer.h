@@ -22,15 +22,17 @@ typedef struct Chunk {
 
 /*
 ** A message may borrow: hold the address of a long string instead of its
-** bytes (codec_encodeborrowing).  The bytes must then stay alive until
-** the message has been decoded; 'owner', when set, is the lua_State that
-** holds them, which whoever frees the buffer must close (or hand to a
-** thread that closes it): buffer_free does not.
+** bytes (codec_encodeborrowing), or an object whose constructor runs on
+** the other side (its __isolate results may point into it).  What it
+** borrows must then stay alive until the message has been decoded;
+** 'owner', when set, is the lua_State that holds it, which whoever frees
+** the buffer must close (or hand to a thread that closes it): buffer_free
+** does not.
 */
 typedef struct Buffer {
   Chunk *head, *tail;
   size_t total;			/* bytes written in all chunks */
-  size_t borrowed;		/* bytes of strings borrowed, not copied */
+  size_t borrowed;		/* bytes of strings borrowed, plus one an object */
   void *owner;			/* the lua_State whose strings it borrows, or NULL */
 } Buffer;
 

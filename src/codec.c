@@ -34,6 +34,7 @@
 */
 #include <limits.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "lua.h"
@@ -42,6 +43,7 @@
 #include "isolate.h"
 #include "codec.h"
 #include "names.h"
+#include "pool.h"
 
 
 enum Tag {
@@ -513,9 +515,13 @@ static void put_key (Encoder *e, int idx) {
 */
 static int encode_object (Encoder *e, int idx) {
   lua_State *L = e->L;
-  int top = lua_gettop(L), n, i;
+  int top = lua_gettop(L), n, i, status;
   lua_Integer id;
-  if (luaL_getmetafield(L, idx, "__isolate") == LUA_TNIL) return 0;
+  int t = luaL_getmetafield(L, idx, "__isolate");
+  if (t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
+    lua_settop(L, top);
+    return 0;			/* none (false: none either) */
+  }
   if (seen_before(e, idx)) {
     lua_settop(L, top);
     return 1;
@@ -523,9 +529,14 @@ static int encode_object (Encoder *e, int idx) {
   id = e->nextid;
   seen_setid(e, idx, -id);
   enter(e);
+  if (pool_stackleft() < ISOLATE_CODEC_STACK)	/* it may encode again, deep */
+    fail(e, "C stack overflow (transfers nested in __isolate)");
   lua_pushvalue(L, idx);
-  if (lua_pcall(L, 1, LUA_MULTRET, 0) != LUA_OK)
-    fail(e, lua_pushfstring(L, "__isolate failed: %s", lua_type(L, -1) == LUA_TSTRING
+  status = lua_pcall(L, 1, LUA_MULTRET, 0);
+  names_reset(L, &e->names);	/* Lua code ran: it may have loaded modules */
+  if (status == LUA_ERRMEM) lua_error(L);	/* a memory error stays one */
+  if (status != LUA_OK)
+    fail(e, lua_pushfstring(L, "__isolate failed: %s", lua_isstring(L, -1)
                             ? lua_tostring(L, -1) : luaL_typename(L, -1)));
   n = lua_gettop(L) - top;
   if (n == 0 || !lua_isfunction(L, top + 1))
@@ -534,6 +545,7 @@ static int encode_object (Encoder *e, int idx) {
                             n == 0 ? "nothing" : luaL_typename(L, top + 1)));
   isolate_checkstack(L, 8);
   put_varint(e, T_OBJECT, (uint64_t)n);
+  e->b->borrowed++;		/* its sender must outlive the message (buffer.h) */
   step(e, S_OBJECT, 0, 0, NULL);
   for (i = 1; i <= n; i++) {
     e->path[e->depth - 1].n = i;
@@ -549,40 +561,25 @@ static int encode_object (Encoder *e, int idx) {
 
 /*
 ** io.stdin, io.stdout and io.stderr travel by name: on the other side,
-** they are its own.  Returns 0 if the userdata at 'idx' is none of them.
+** they are its own.  A file is one of them if it is open on the C
+** library's stdin, stdout or stderr, whatever io.stdout holds now (a
+** script may have put a log file there: that one stays a file, refused).
+** Returns 0 if the userdata at 'idx' is none of them.
 */
 static int encode_stream (Encoder *e, int idx) {
-  static const char *const names[] = {"stdin", "stdout", "stderr"};
-  lua_State *L = e->L;
-  int top = lua_gettop(L), i;
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  if (lua_getfield(L, -1, "io") == LUA_TTABLE) {
-    for (i = 0; i < 3; i++) {
-      lua_pushstring(L, names[i]);
-      lua_rawget(L, top + 2);
-      if (lua_rawequal(L, -1, idx)) {
-        char name[16] = "io";	/* "io\0stdout" */
-        size_t len = strlen(names[i]);
-        memcpy(name + 3, names[i], len);
-        lua_settop(L, top);
-        lua_pushlstring(L, name, 3 + len);
-        put_name(e, lua_tostring(L, -1), 3 + len);
-        return 1;
-      }
-      lua_pop(L, 1);
-    }
-  }
-  lua_settop(L, top);
-  return 0;
+  static const char *const names[] = {"io\0stdin", "io\0stdout", "io\0stderr"};
+  static const size_t lens[] = {8, 9, 9};
+  luaL_Stream *f = (luaL_Stream *)luaL_testudata(e->L, idx, LUA_FILEHANDLE);
+  int i;
+  if (f == NULL || f->closef == NULL) return 0;
+  i = f->f == stdin ? 0 : f->f == stdout ? 1 : f->f == stderr ? 2 : -1;
+  if (i < 0) return 0;
+  lua_pushlstring(e->L, names[i], lens[i]);
+  put_name(e, lua_tostring(e->L, -1), lens[i]);
+  return 1;
 }
 
 
-/*
-** One traversal: lua_next gives the array part first, in order, so the
-** run of keys 1, 2, 3... that it starts with is sent as the array part;
-** what follows is sent as key/value pairs.  Both counts are patched in
-** after the traversal (chunks do not move).
-*/
 static void encode_table (Encoder *e, int t) {
   lua_State *L = e->L;
   lua_Integer narr = 0;
@@ -1139,6 +1136,9 @@ static void decode_object (Decoder *d) {
   lua_rawseti(L, d->refs, id);
   for (i = 0; i < n; i++) decode_next(d);
   if (!lua_isfunction(L, -(int)n)) bad(d, "object constructor is not a function");
+  if (pool_stackleft() < ISOLATE_CODEC_STACK)	/* it may decode again, deep */
+    luaL_error(L, "isolate: C stack overflow "
+               "(transfers nested in constructors)");
   lua_call(L, (int)n - 1, 1);
   lua_pushvalue(L, -1);
   lua_rawseti(L, d->refs, id);
@@ -1267,6 +1267,12 @@ static size_t decode_names (Decoder *d, size_t start, uint64_t offset) {
 ** raises an error and leaves the stack as it was, less what unwinds.
 */
 int codec_decode (lua_State *L, Reader *r, int flags) {
+  return codec_decodeitems(L, r, flags, NULL, 0);
+}
+
+
+int codec_decodeitems (lua_State *L, Reader *r, int flags, lua_Integer *at,
+                       lua_Integer base) {
   Decoder d;
   uint64_t n, offset;
   size_t start = r->pos, names = 0, i;
@@ -1304,7 +1310,11 @@ int codec_decode (lua_State *L, Reader *r, int flags) {
   if (n > LUAI_MAXSTACK / 2)
     luaL_error(L, "isolate: too many values to decode (%I)", (LUAI_UACINT)n);
   isolate_checkstack(L, (int)n + 8);
-  for (i = 0; i < n; i++) decode_next(&d);
+  for (i = 0; i < n; i++) {
+    if (at != NULL) *at = base + (lua_Integer)i + 1;
+    decode_next(&d);
+  }
+  if (at != NULL) *at = 0;
   if (offset != 0 && (r->pos != d.end || !reader_skip(r, names)))
     bad(&d, "bad names offset");
   lua_rotate(L, top + 1, -3);	/* the three tables go */

@@ -49,6 +49,10 @@ void codec_encodeborrowing (lua_State *L, Buffer *b, int first, int n, Role role
 void codec_encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
                        lua_Integer base, lua_Integer *failed);
 int codec_decode (lua_State *L, Reader *r, int flags);
+/* the same, the number of the value being decoded in '*at' ('base' + 1...),
+   for an error's record; 0 there at the end */
+int codec_decodeitems (lua_State *L, Reader *r, int flags, lua_Integer *at,
+                       lua_Integer base);
 
 /* a message of 'n' strings (NULL: nil), written without Lua; 0: no memory */
 int codec_putstrings (Buffer *b, const char *const *s, int n);

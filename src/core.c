@@ -50,7 +50,8 @@ typedef struct Task {
   unsigned long endseq;		/* the job's, once taken */
   int quiet;			/* a chunk of a map: its failure is map's to tell */
   int closed;			/* __gc ran */
-  int borrows;			/* its input borrows strings of the caller's stack (run) */
+  int borrows;			/* its input borrows from the caller's stack (run) */
+  int args;			/* else a registry reference to what it borrows, or LUA_NOREF */
   Mailbox mail;			/* once the job is let go */
 } Task;
 
@@ -154,6 +155,7 @@ typedef struct Orphan {
   Pool *pool;
   unsigned long id;
   int quiet;
+  int args;			/* the task's (a registry reference, or LUA_NOREF) */
 } Orphan;
 
 typedef struct Orphans {
@@ -210,6 +212,7 @@ static int bury (lua_State *L, Orphan *o) {
   }
   job_release(o->pool, o->job);
   pool_release(o->pool);
+  luaL_unref(L, LUA_REGISTRYINDEX, o->args);
   return 1;
 }
 
@@ -265,6 +268,8 @@ static void adopt (lua_State *L, Task *t) {
   pool_retain(t->pool);
   os->list[os->n].id = t->id;
   os->list[os->n].quiet = t->quiet;
+  os->list[os->n].args = t->args;
+  t->args = LUA_NOREF;
   os->n++;
   t->job = NULL;		/* the Orphans hold its references now */
   lua_pop(L, 1);
@@ -315,6 +320,8 @@ static int task_gc (lua_State *L) {
     }
     if (t->job != NULL) letgo(t);
   }
+  luaL_unref(L, LUA_REGISTRYINDEX, t->args);	/* (adopt took it, or the job ended) */
+  t->args = LUA_NOREF;
   if (t->pool != NULL) {
     pool_release(t->pool);
     t->pool = NULL;
@@ -355,6 +362,7 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here,
   lifecycle(L);
   t = (Task *)lua_newuserdatauv(L, sizeof(Task), 2);
   memset(t, 0, sizeof(Task));
+  t->args = LUA_NOREF;
   t->status = JOB_NEW;
   t->mail.bell.rfd = t->mail.bell.wfd = -1;
   luaL_setmetatable(L, ISOLATE_TASK);
@@ -366,8 +374,19 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here,
   pool_retain(p);
   lua_insert(L, base + 1);	/* below the values 'put' reads */
   put(L, job_input(t->job), ud);
-  t->borrows = job_input(t->job)->borrowed > 0;
-  if (!t->borrows) lua_settop(L, base + 1);	/* else they stay: see output() */
+  if (job_input(t->job)->borrowed > 0) {	/* what it borrows stays alive */
+    if (here) t->borrows = 1;		/* on this stack: see output() */
+    else {				/* till the output is taken, or the job ends */
+      int i, n = lua_gettop(L) - (base + 1);
+      lua_createtable(L, n, 0);
+      for (i = 1; i <= n; i++) {
+        lua_pushvalue(L, base + 1 + i);
+        lua_rawseti(L, -2, i);
+      }
+      t->args = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+  }
+  if (!t->borrows) lua_settop(L, base + 1);
   if (here) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     here = pool_runhere(p, t->job, L, lua_tothread(L, -1));
@@ -383,15 +402,12 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here,
 }
 
 
-/* the input of a call: the function at 'first' (*ud) and all above it */
+/*
+** The input of a call: the function at 'first' (*ud) and all above it.
+** It borrows long strings and objects (codec.h): submit keeps them alive.
+*/
 static void putcall (lua_State *L, Buffer *b, void *ud) {
   int first = *(int *)ud + 1;	/* one more: the task is below (base 0) */
-  message_putinput(L, b, first, lua_gettop(L) - first + 1, 0);
-}
-
-/* the same for run, which borrows long strings: its caller waits for the end */
-static void putrun (lua_State *L, Buffer *b, void *ud) {
-  int first = *(int *)ud + 1;
   message_putinput(L, b, first, lua_gettop(L) - first + 1, 1);
 }
 
@@ -544,6 +560,8 @@ static Output *output (lua_State *L, int ti, double timeout, int raise, int canc
     pool_retain(o->pool);
   }
   letgo(t);
+  luaL_unref(L, LUA_REGISTRYINDEX, t->args);	/* the job has read its input */
+  t->args = LUA_NOREF;
   return o;
 }
 
@@ -1382,7 +1400,7 @@ static int pool_run (lua_State *L) {
   static int first = 2;
   Pool *p = checkpool(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  submit(L, p, putrun, &first, 1, 0, 0);
+  submit(L, p, putcall, &first, 1, 0, 0);
   return collect(L, 1, 0, -1, 1);
 }
 
@@ -1497,7 +1515,7 @@ static int l_stats (lua_State *L) {
 static int l_run (lua_State *L) {
   static int first = 1;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  submit(L, defaultpool(L), putrun, &first, 1, 0, 0);
+  submit(L, defaultpool(L), putcall, &first, 1, 0, 0);
   return collect(L, 1, 0, -1, 1);
 }
 

@@ -51,6 +51,14 @@
 #define ISOLATE_INLINE_STACK	(2u << 20)
 #endif
 
+/*
+** C stack that a call of __isolate or of a constructor must leave: it may
+** encode or decode again (another codec's levels) from inside this one
+*/
+#if !defined(ISOLATE_CODEC_STACK)
+#define ISOLATE_CODEC_STACK	(512u << 10)
+#endif
+
 /* C stack that an isolate's coroutine.close needs left to go on */
 #if !defined(ISOLATE_CLOSE_STACK)
 #define ISOLATE_CLOSE_STACK	(256u << 10)

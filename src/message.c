@@ -80,7 +80,7 @@ static void setpath (lua_State *L, Reader *r, const char *field) {
 }
 
 
-int message_getinput (lua_State *L, Reader *r, lua_Integer *index) {
+int message_getinput (lua_State *L, Reader *r, lua_Integer *index, lua_Integer *at) {
   int base, n, i;
   size_t len;
   const unsigned char *le;
@@ -97,7 +97,7 @@ int message_getinput (lua_State *L, Reader *r, lua_Integer *index) {
   n = codec_decode(L, r, CODEC_TRUSTED | CODEC_BORROWED);
   if (*index != 0) {		/* a map chunk: the function, then the items */
     if (n != 1) luaL_error(L, "isolate: corrupt job input");
-    n += codec_decode(L, r, CODEC_TRUSTED);
+    n += codec_decodeitems(L, r, CODEC_TRUSTED, at, *index - 1);
   }
   if (n < 1 || !lua_isfunction(L, base)) luaL_error(L, "isolate: corrupt job input");
   return n;

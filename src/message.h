@@ -39,9 +39,10 @@ void message_putchunk (lua_State *L, Buffer *b, const Buffer *fn,
 /*
 ** isolate: set the package paths, push the function and its arguments
 ** (or items), return their count; '*index' is the list index of a map
-** chunk's first item, 0 for a plain job
+** chunk's first item, 0 for a plain job.  While an item is decoded, its
+** list index is in '*at' (if not NULL), for the record of an error there.
 */
-int message_getinput (lua_State *L, Reader *r, lua_Integer *index);
+int message_getinput (lua_State *L, Reader *r, lua_Integer *index, lua_Integer *at);
 
 /*
 ** isolate, under lua_pcall (it allocates): a failure record in 'b' for

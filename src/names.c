@@ -381,6 +381,15 @@ static int holds (lua_State *L, int idx) {
 }
 
 
+void names_reset (lua_State *L, Names *n) {
+  lua_pushnil(L);
+  lua_replace(L, n->tables);
+  lua_pushnil(L);
+  lua_replace(L, n->cfuncs);
+  n->scanned = 0;
+}
+
+
 const char *names_find (lua_State *L, Names *n, int idx, size_t *len) {
   if (lua_type(L, idx) == LUA_TTABLE) {
     if (lua_isnil(L, n->tables)) find_tables(L, n);

@@ -32,6 +32,9 @@ void names_open (lua_State *L, Names *n);
 */
 const char *names_find (lua_State *L, Names *n, int idx, size_t *len);
 
+/* Lua code ran during the encode (it may have loaded modules): look again */
+void names_reset (lua_State *L, Names *n);
+
 /* from now on the table at 'idx' travels as module[field] */
 void names_pin (lua_State *L, int idx, const char *module, const char *field);
 

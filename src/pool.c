@@ -1325,11 +1325,15 @@ static void init_once (void) {
 }
 
 
+static const char *caller_stacklow (void);
+
 size_t pool_stackleft (void) {
-  Worker *w;
-  if (pthread_once(&key_once, init_once) != 0 ||
-      (w = (Worker *)pthread_getspecific(worker_key)) == NULL)
-    return (size_t)-1;
+  Worker *w, other;
+  if (pthread_once(&key_once, init_once) != 0) return (size_t)-1;
+  if ((w = (Worker *)pthread_getspecific(worker_key)) == NULL) {
+    w = &other;			/* a caller's thread */
+    other.stacklow = caller_stacklow();
+  }
   return stack_left(w);
 }
 

@@ -142,7 +142,7 @@ int pool_submit (Pool *p, Job *j);
 */
 int pool_runhere (Pool *p, Job *j, lua_State *caller, lua_State *mainthread);
 
-/* bytes of C stack left to a thread of a pool ((size_t)-1 elsewhere) */
+/* bytes of C stack left to the calling thread ((size_t)-1: unknown) */
 size_t pool_stackleft (void);
 
 /*

@@ -361,12 +361,23 @@ static void through (lua_State *L, Isolate *iso) {
 ** plain error and no exit.  A finalizer may ask for an exit while they are
 ** being encoded: the first request to be complete decides.
 */
+static const char exitpin_key = 0;	/* registry: an exit's results, if they borrow */
+
 static int request (lua_State *L, Isolate *iso, Exit how, int n) {
   if (iso->final) return unwind(L);	/* the outcome is decided already */
   if (iso->exit == EXIT_NONE && how == EXIT_RESULTS) {
     int first = lua_gettop(L) - n + 1;
     Buffer *b = buffer_push(L);
     codec_encode(L, b, first, n, ROLE_RESULT);
+    if (b->borrowed > 0) {	/* objects: they stay, as body's results do */
+      int i;
+      lua_createtable(L, n, 0);
+      for (i = 0; i < n; i++) {
+        lua_pushvalue(L, first + i);
+        lua_rawseti(L, -2, i + 1);
+      }
+      lua_rawsetp(L, LUA_REGISTRYINDEX, &exitpin_key);
+    }
     if (iso->exit == EXIT_NONE) buffer_move(&iso->exitbuf, b);
   }
   iso->requests++;
@@ -863,7 +874,7 @@ static int body (lua_State *L) {
   int n, i;
   reader_init(&r, iso->in);
   lua_gc(L, LUA_GCSTOP);	/* all it decodes is alive: a collection is wasted work */
-  n = message_getinput(L, &r, &index);
+  n = message_getinput(L, &r, &index, &iso->index);
   lua_gc(L, LUA_GCRESTART);
   buffer_free(iso->in);
   state_checkcancel(L);		/* asked for before the hook could be set */
@@ -900,7 +911,7 @@ static int initbody (lua_State *L) {
   Reader r;
   int n;
   reader_init(&r, iso->in);
-  n = message_getinput(L, &r, &index);
+  n = message_getinput(L, &r, &index, NULL);
   state_checkcancel(L);		/* stopped before the hook could be set */
   lua_call(L, n - 1, 0);
   return 0;
