@@ -957,6 +957,7 @@ static int ends_pollfd (lua_State *L) {
 
 
 /* the list of the tasks that ended since the last call, in the order they ended */
+/* push the list of the tasks ended (from 'first' on); return how many */
 static int ends_taken (lua_State *L, Ends *e, void *first) {
   lua_Integer k = 0;
   void *key;
@@ -974,12 +975,13 @@ static int ends_taken (lua_State *L, Ends *e, void *first) {
     e->n--;
   }
   lua_settop(L, 2);
-  return 1;
+  return (int)k;
 }
 
 static int ends_ended (lua_State *L) {
   Ends *e = checkends(L, 1);
-  return ends_taken(L, e, endset_take(e->set, 0));
+  ends_taken(L, e, endset_take(e->set, 0));
+  return 1;
 }
 
 
@@ -1014,15 +1016,22 @@ static int ends_wait (lua_State *L) {
     long ms = ISOLATE_WAIT_MS;
     watch(L, &w, 0);
     if (e->set == NULL) luaL_error(L, "isolate: completions are closed");
-    if (e->n == 0) return ends_taken(L, e, NULL);
+    if (e->n == 0) {
+      ends_taken(L, e, NULL);
+      return 1;
+    }
     if (timeout >= 0) {
       double left = deadline - now();
       if (left < (double)ms / 1000) ms = left > 0 ? (long)(left * 1000) : 0;
     }
     if (timeout < 0 && !state_ismain(L) && runqueued(L)) continue;
-    if ((key = endset_take(e->set, ms)) != NULL) return ends_taken(L, e, key);
+    /* (an end taken may be that of a task removed since: then wait on) */
+    if ((key = endset_take(e->set, ms)) != NULL && ends_taken(L, e, key) > 0) return 1;
     state_checkcancel(L);
-    if (timeout >= 0 && now() >= deadline) return ends_taken(L, e, NULL);
+    if (timeout >= 0 && now() >= deadline) {
+      ends_taken(L, e, NULL);
+      return 1;
+    }
   }
 }
 
