@@ -482,6 +482,11 @@ describe("borrowed long strings", function()
         repro("borrow_pool_close")
       end)
 
+      -- BUG: the pool's one preparer closes them all, finalizers included
+      it("while another kept state's finalizer runs for seconds", function()
+        repro("borrow_slow_finalizer", {"close"})
+      end)
+
       it("for 10,000 tasks awaited late: all of them, and memory stays bounded", function()
         local n = UNDER_TOOL and 1000 or 10000
         local log = os.tmpname()
@@ -564,6 +569,12 @@ describe("borrowed long strings", function()
       it("run the isolate's finalizers in the parent only, output still in the job", function()
         if asan_fork() then return end
         repro("borrow_fork_finalizer", {"done"})
+      end)
+
+      -- BUG: the fork handler waits while the preparer closes a state
+      it("do not make fork() wait for a kept state's finalizer", function()
+        if asan_fork() then return end
+        repro("borrow_slow_finalizer", {"fork"})
       end)
     end)
   end)
