@@ -12,6 +12,10 @@
 --                  finalizer must write PATH ("closed")
 --   fork-bytes     a task's long result, taken before a fork, is awaited
 --                  in the child: prints "child: ok" and "parent: ok"
+--   luv            long results through isolate.luv (run in coroutines,
+--                  spawn's callback): prints "luv: ok".  (In a process of
+--                  its own: a luv loop left idle while other specs run has
+--                  a stale clock, which fires the next spec's timers early.)
 local isolate = require "isolate"
 local posix = require "posix"
 local poll = dofile("spec/poll.lua")
@@ -64,6 +68,26 @@ elseif mode == "fork-bytes" then
   end
   posix.waitpid(pid)
   io.stdout:write("parent: ", task:await() == long:gsub("b", "k") and "ok" or "wrong bytes", "\n")
+elseif mode == "luv" then
+  local uv = require "luv"
+  local iso = require "isolate.luv"
+  local got, called = {}, false
+  for i = 1, 5 do
+    coroutine.wrap(function()
+      got[i] = iso.run(function(x, i) return x .. i end, long, i)
+      collectgarbage()
+    end)()
+  end
+  iso.spawn(function(x) return x end, long, function(ok, r) called = ok and r == long end)
+  local watchdog = uv.new_timer()
+  watchdog:start(20000, 0, function() uv.stop() end)
+  watchdog:unref()
+  uv.run()
+  local verdict = called or "spawn's callback"
+  for i = 1, 5 do
+    if got[i] ~= long .. i then verdict = "coroutine " .. i end
+  end
+  io.stdout:write("luv: ", verdict == true and "ok" or tostring(verdict), "\n")
 else
-  error("usage: borrow.lua ctrlc-run|ctrlc-worker|end-pool|fork-bytes PATH")
+  error("usage: borrow.lua ctrlc-run|ctrlc-worker|end-pool|fork-bytes|luv PATH")
 end
