@@ -1,12 +1,13 @@
 -- Long strings (ISOLATE_BORROW = 64 KiB and longer) are borrowed, not
--- copied: run's arguments stay on the caller's stack until the job ends,
+-- copied: what run's arguments borrow stays on the caller's stack until
+-- the job has read it, spawn's in the task until its results are taken,
 -- and a task's results keep its isolate's state open until they are
--- decoded (or dropped), then the pool's preparer closes it.  These specs
+-- decoded (or dropped), then the pool closes it.  These specs
 -- check the bytes, and the lifetimes: the strings must live as long as a
 -- message borrows them, and every state kept for them must be closed, its
 -- finalizers run.  Scenarios that crash or involve the process (Ctrl-C,
 -- fork, a script's end) run in subprocesses: spec/scenario/borrow.lua,
--- and spec/repro/borrow_*.lua, one minimal script per bug found.
+-- and spec/repro/borrow_*.lua, one minimal script per bug found and fixed.
 local isolate = require "isolate"
 local sub = dofile("spec/subprocess.lua")	-- (puts build/spec on package.cpath)
 local posix = require "posix"
@@ -264,18 +265,18 @@ describe("borrowed long strings", function()
         assert.matches("\nagain: ok\n", r.stdout, 1, true)
       end)
 
-      -- BUG: the wait for the job's end after the cancel is not bounded
+      -- the wait after the cancel lasts until the job has read its input, not its end
       it("by Ctrl-C while the job is blocked in C: raised at once, as without a long string", function()
         repro("borrow_interrupt_blocked")
       end)
     end)
 
-    -- BUG: only the values on the stack are kept alive
+    -- every string the message borrows is kept alive, not only the values on the stack
     it("reachable only through a table survive a hook that drops them during the wait", function()
       repro("borrow_dropped_container", {"args"})
     end)
 
-    -- BUG: the constructor's arguments are popped after they are encoded
+    -- a constructor's arguments are kept alive with the message
     it("that an __isolate handler makes survive a collection before the decode", function()
       repro("borrow_isolate_fresh", {"args"})
     end)
@@ -388,12 +389,12 @@ describe("borrowed long strings", function()
       os.remove(path)
     end)
 
-    -- BUG: the constructor's arguments are popped after they are encoded
+    -- a constructor's arguments are kept alive with the message
     it("that an __isolate handler makes survive a collection before the decode", function()
       repro("borrow_isolate_fresh", {"results"})
     end)
 
-    -- BUG: a result table emptied while later results are encoded
+    -- a result table emptied while later results are encoded
     it("reachable only through a table survive an __isolate handler that drops them", function()
       repro("borrow_dropped_container", {"results"})
     end)
@@ -441,7 +442,7 @@ describe("borrowed long strings", function()
         os.remove(path)
       end)
 
-      -- BUG: orphans are buried only when another is adopted, or at the end
+      -- an orphan's results go nowhere: its state is closed when it ends
       it("when the task, collected while it ran, ends", function()
         repro("borrow_orphan")
       end)
@@ -461,12 +462,12 @@ describe("borrowed long strings", function()
         end
       end)
 
-      -- BUG: pool:close() ends the preparer that would close them
+      -- after pool:close(), the reader closes them
       it("when the outputs are decoded after pool:close()", function()
         repro("borrow_pool_close")
       end)
 
-      -- BUG: the pool's one preparer closes them all, finalizers included
+      -- idle workers close them too, not the preparer alone
       it("while another kept state's finalizer runs for seconds", function()
         repro("borrow_slow_finalizer", {"close"})
       end)
@@ -527,7 +528,7 @@ describe("borrowed long strings", function()
         assert.equal("closed", text, "the isolate's finalizer did not run\n" .. r.report)
       end)
 
-      -- BUG: at lua_close the state goes to the preparer; the process ends first
+      -- at lua_close, the caller closes what is left before the process ends
       it("with an output of the default pool not decoded: the isolate's finalizers run", function()
         repro("borrow_script_end")
       end)
@@ -542,7 +543,7 @@ describe("borrowed long strings", function()
         assert.equal(0, r.code, r.report)
       end)
 
-      -- BUG: the child closes its copy of the parent's state
+      -- the child leaves its copy of the parent's state alone
       it("run the isolate's finalizers in the parent only, output taken before the fork", function()
         if asan_fork() then return end
         repro("borrow_fork_finalizer", {"wait"})
@@ -553,7 +554,7 @@ describe("borrowed long strings", function()
         repro("borrow_fork_finalizer", {"done"})
       end)
 
-      -- BUG: the fork handler waits while the preparer closes a state
+      -- the fork handler does not wait while a state is closed
       it("do not make fork() wait for a kept state's finalizer", function()
         if asan_fork() then return end
         repro("borrow_slow_finalizer", {"fork"})

@@ -209,6 +209,8 @@ typedef struct Encoder {
   int depth;			/* steps in 'path' */
   lua_Integer *failed;		/* where to note the value that cannot go */
   size_t borrow;		/* strings this long or longer are borrowed (0: none) */
+  int pins;			/* stack index: what the message borrows (made when needed) */
+  lua_Integer npins;
   uint32_t nkeys;		/* short keys numbered */
   KeySlot keys[KEYCACHE];
   Step path[ISOLATE_MAXDEPTH + 2];	/* an argument, then a step a level */
@@ -504,6 +506,19 @@ static void put_key (Encoder *e, int idx) {
 }
 
 
+/* the value at 'idx' stays alive as long as the message: it borrows from it */
+static void pin (Encoder *e, int idx) {
+  lua_State *L = e->L;
+  if (e->borrow == 0) return;	/* (the caller keeps its values alive) */
+  if (lua_isnil(L, e->pins)) {
+    lua_newtable(L);
+    lua_replace(L, e->pins);
+  }
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, e->pins, ++e->npins);
+}
+
+
 /*
 ** An object (a table or a full userdata) whose metatable has __isolate
 ** travels as what __isolate(obj) returns: a constructor that can travel
@@ -546,6 +561,7 @@ static int encode_object (Encoder *e, int idx) {
   isolate_checkstack(L, 8);
   put_varint(e, T_OBJECT, (uint64_t)n);
   e->b->borrowed++;		/* its sender must outlive the message (buffer.h) */
+  pin(e, idx);
   step(e, S_OBJECT, 0, 0, NULL);
   for (i = 1; i <= n; i++) {
     e->path[e->depth - 1].n = i;
@@ -738,6 +754,7 @@ static void encode (Encoder *e, int idx) {
         p = reserve(e, 8);
         put_le(p, (uint64_t)(uintptr_t)s, 8);
         e->b->borrowed += len;
+        pin(e, idx);
       }
       else put_string(e, s, len);
       break;
@@ -819,11 +836,13 @@ static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
   isolate_checkstack(L, 8);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   e.globals = top + 1;
-  lua_settop(L, top + 5);	/* four lookup tables, made when first needed */
+  lua_settop(L, top + 6);	/* five tables, made when first needed */
   e.seen = top + 2;
   e.upvals = top + 3;
   e.used = top + 4;
   e.kept = top + 5;
+  e.pins = top + 6;
+  e.npins = 0;
   e.seenp = NULL;
   e.nkeys = 0;
   memset(e.keys, 0, sizeof(e.keys));
@@ -838,7 +857,12 @@ static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
     unstep(&e);
   }
   put_names(&e, offset, start);
-  lua_settop(L, top);
+  if (borrow != 0) {		/* what it borrows: the caller keeps it */
+    lua_pushvalue(L, e.pins);
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+  }
+  else lua_settop(L, top);
 }
 
 /* }====================================================== */

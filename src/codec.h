@@ -37,9 +37,11 @@ typedef enum Role {
 void codec_encode (lua_State *L, Buffer *b, int first, int n, Role role);
 /*
 ** The same, but a string of ISOLATE_BORROW bytes or more is borrowed: the
-** message holds its address, not its bytes (b->borrowed counts them).  The
-** string must stay alive until every decode of the message is done, and
-** only a decode with CODEC_BORROWED reads it.
+** message holds its address, not its bytes (b->borrowed counts them, and
+** objects too, whose constructors run on the other side).  What the
+** message borrows is pushed, a table (or nil when nothing): the caller
+** keeps it alive until every decode of the message is done.  Only a
+** decode with CODEC_BORROWED reads such a message.
 */
 void codec_encodeborrowing (lua_State *L, Buffer *b, int first, int n, Role role);
 /*

@@ -58,6 +58,7 @@ typedef struct Task {
 typedef struct Output {
   Buffer b;
   Pool *pool;			/* held while 'b' borrows from a state of it */
+  unsigned long epoch;		/* the process's then (pool_epoch) */
   int readers;			/* decodes of it under way */
   int decoded;			/* one decode went through: no need to keep it */
   int failed, seen;		/* a failure record; its error was raised */
@@ -82,10 +83,10 @@ typedef struct Output {
 ** the debug library can call __gc by hand.)
 */
 static void output_free (Output *o) {
-  void *owner = o->b.owner;	/* the state whose strings it borrows */
+  void *owner = o->b.owner;	/* the state it borrows from */
   buffer_free(&o->b);
-  if (owner != NULL) {
-    pool_closelater(o->pool, (lua_State *)owner);
+  if (owner != NULL) {		/* (a parent's, in a forked child: not here) */
+    if (o->epoch == pool_epoch()) pool_closelater(o->pool, (lua_State *)owner);
     pool_release(o->pool);
     o->pool = NULL;
   }
@@ -232,6 +233,9 @@ static int orphans_gc (lua_State *L) {
   alloc(ud, os->list, sizeof(Orphan) * (size_t)os->size, 0);
   os->list = NULL;
   os->n = os->size = 0;
+  /* the last finalizer of a caller's end (made first): the states whose
+     results it had not decoded close now, before the process may end */
+  if (state_ismain(L)) pool_closeall(pool_default());
   return 0;
 }
 
@@ -271,6 +275,7 @@ static void adopt (lua_State *L, Task *t) {
   os->list[os->n].args = t->args;
   t->args = LUA_NOREF;
   os->n++;
+  job_orphan(t->pool, t->job);	/* its results go nowhere: its state need not wait */
   t->job = NULL;		/* the Orphans hold its references now */
   lua_pop(L, 1);
 }
@@ -347,7 +352,7 @@ static Pool *defaultpool (lua_State *L) {
 ** it through __gc.  With 'here' (run), the caller may run it on its own
 ** thread; with 'listen' (spawn), its messages are kept for its caller.
 */
-typedef void (*PutInput) (lua_State *L, Buffer *b, void *ud);
+typedef int (*PutInput) (lua_State *L, Buffer *b, void *ud);	/* 1: pushed pins */
 
 static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here,
                      int listen, int base) {
@@ -373,20 +378,15 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here,
   t->pool = p;
   pool_retain(p);
   lua_insert(L, base + 1);	/* below the values 'put' reads */
-  put(L, job_input(t->job), ud);
-  if (job_input(t->job)->borrowed > 0) {	/* what it borrows stays alive */
-    if (here) t->borrows = 1;		/* on this stack: see output() */
-    else {				/* till the output is taken, or the job ends */
-      int i, n = lua_gettop(L) - (base + 1);
-      lua_createtable(L, n, 0);
-      for (i = 1; i <= n; i++) {
-        lua_pushvalue(L, base + 1 + i);
-        lua_rawseti(L, -2, i);
-      }
-      t->args = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (put(L, job_input(t->job), ud) && !lua_isnil(L, -1)) {	/* it borrows */
+    if (here) {			/* stays on this stack: see output() */
+      t->borrows = 1;
+      lua_replace(L, base + 2);
+      lua_settop(L, base + 2);
     }
+    else t->args = luaL_ref(L, LUA_REGISTRYINDEX);	/* till the output is taken */
   }
-  if (!t->borrows) lua_settop(L, base + 1);
+  lua_settop(L, base + 1 + t->borrows);
   if (here) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     here = pool_runhere(p, t->job, L, lua_tothread(L, -1));
@@ -406,9 +406,10 @@ static Task *submit (lua_State *L, Pool *p, PutInput put, void *ud, int here,
 ** The input of a call: the function at 'first' (*ud) and all above it.
 ** It borrows long strings and objects (codec.h): submit keeps them alive.
 */
-static void putcall (lua_State *L, Buffer *b, void *ud) {
+static int putcall (lua_State *L, Buffer *b, void *ud) {
   int first = *(int *)ud + 1;	/* one more: the task is below (base 0) */
   message_putinput(L, b, first, lua_gettop(L) - first + 1, 1);
+  return 1;
 }
 
 
@@ -514,9 +515,9 @@ static Output *output (lua_State *L, int ti, double timeout, int raise, int canc
     if (watch(L, &w, cancels)) {
       if (t->job != NULL) {
         job_cancel(t->pool, t->job);
-        /* a job that borrows strings of this stack reads them until it
-           ends (it was told to, so that comes soon): they stay till then */
-        while (t->borrows && !pool_wait(t->pool, t->job, ISOLATE_WAIT_MS, 0)) ;
+        /* a job that borrows from this stack reads it until it has
+           decoded its input (or ends, cancelled): it stays till then */
+        while (t->borrows && !job_hasread(t->job) && !pool_wait(t->pool, t->job, 1, 0)) ;
       }
       lua_error(L);
     }
@@ -557,6 +558,7 @@ static Output *output (lua_State *L, int ti, double timeout, int raise, int canc
   job_take_output(t->job, &o->b);
   if (o->b.owner != NULL) {
     o->pool = t->pool;
+    o->epoch = job_epoch(t->job);	/* the state is this process's if equal */
     pool_retain(o->pool);
   }
   letgo(t);
@@ -1259,7 +1261,7 @@ typedef struct MapChunk {
   lua_Integer i, j;
 } MapChunk;
 
-static void putchunk (lua_State *L, Buffer *b, void *ud) {
+static int putchunk (lua_State *L, Buffer *b, void *ud) {
   MapChunk *c = (MapChunk *)ud;
   int top = lua_gettop(L), n = (int)(c->j - c->i + 1);
   lua_Integer k;
@@ -1267,6 +1269,7 @@ static void putchunk (lua_State *L, Buffer *b, void *ud) {
   for (k = c->i; k <= c->j; k++) lua_geti(L, c->list, k);
   message_putchunk(L, b, c->fn, top + 1, n, c->i);
   lua_settop(L, top);
+  return 0;			/* (map holds its list till its chunks end) */
 }
 
 static Pool *checkpool (lua_State *L, int arg);

@@ -23,8 +23,9 @@
 
 /*
 ** caller: the input for the function at 'first' and the 'n' - 1 above it;
-** with 'borrow', long strings are borrowed (codec.h): its caller keeps
-** them alive until the job has read its input
+** with 'borrow', long strings and objects are borrowed (codec.h): what
+** it borrows is pushed (a table, or nil), for its caller to keep alive
+** until the job has read its input
 */
 void message_putinput (lua_State *L, Buffer *b, int first, int n, int borrow);
 

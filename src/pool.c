@@ -53,6 +53,8 @@ struct Job {
   int refs;
   _Atomic int status;		/* a JobStatus: written under the mutex */
   atomic_int cancel;		/* a cancel was asked for before the end */
+  atomic_int inputread;		/* its isolate has decoded its input */
+  int orphaned;			/* nobody will take its output (job_orphan) */
   int onthread;			/* 'thread' runs it (under the mutex) */
   pthread_t thread;
   unsigned long id;
@@ -80,7 +82,8 @@ struct Pool {
   pthread_cond_t gone;		/* broadcast when a thread of the pool ends */
   pthread_cond_t prep;		/* signalled when the stash wants a state */
   pthread_cond_t prepared;	/* broadcast when the preparer stops making one */
-  int preparing;		/* the preparer makes or closes a state (unlocked) */
+  int preparing;		/* the preparer makes a state (unlocked) */
+  int closers;			/* threads that close a state of 'toclose' (unlocked) */
   Job *head, *tail;		/* the queue, FIFO */
   Job *running;			/* jobs that run (doubly linked) */
   int sleeping;			/* workers waiting on 'work' */
@@ -258,6 +261,21 @@ Job *job_new (int depth, int listen) {
 
 Buffer *job_input (Job *j) {
   return &j->in;
+}
+
+
+unsigned long job_epoch (Job *j) {
+  return j->epoch;
+}
+
+
+void job_inputread (Job *j) {
+  atomic_store_explicit(&j->inputread, 1, memory_order_release);
+}
+
+
+int job_hasread (Job *j) {
+  return atomic_load_explicit(&j->inputread, memory_order_acquire);
 }
 
 
@@ -524,19 +542,71 @@ static void closelater (Pool *p, lua_State *L) {
   p->toclose = L;
   p->ntoclose++;
   pthread_cond_signal(&p->prep);
+  if (p->sleeping > 0) pthread_cond_signal(&p->work);	/* an idle worker helps */
 }
 
 
+/* mutex held: the next state to close, or NULL */
+static lua_State *toclose (Pool *p) {
+  lua_State *L = p->toclose;
+  if (L != NULL) {
+    p->toclose = state_next(L);
+    p->ntoclose--;
+  }
+  return L;
+}
+
+
+/*
+** A closed pool has no preparer left to close it, nor workers: the
+** caller closes it.  (destroy() closes what is left when the last
+** reference goes.)
+*/
 void pool_closelater (Pool *p, lua_State *L) {
+  int closed;
   pthread_mutex_lock(&p->mu);
-  closelater(p, L);
+  closed = p->closing;
+  if (!closed) closelater(p, L);
+  pthread_mutex_unlock(&p->mu);
+  if (closed) state_close(L);
+}
+
+
+void pool_closeall (Pool *p) {
+  struct timespec deadline;
+  lua_State *L;
+  deadline_in(&deadline, ISOLATE_CLOSE_MS);
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    if ((L = toclose(p)) != NULL) {
+      pthread_mutex_unlock(&p->mu);
+      state_close(L);
+      pthread_mutex_lock(&p->mu);
+    }
+    else if (p->closers == 0 ||	/* those being closed by others, a while */
+             pthread_cond_timedwait(&p->prepared, &p->mu, &deadline) == ETIMEDOUT)
+      break;
+  }
+  pthread_mutex_unlock(&p->mu);
+}
+
+
+void job_orphan (Pool *p, Job *j) {
+  lua_State *L;
+  pthread_mutex_lock(&p->mu);
+  j->orphaned = 1;
+  if ((L = (lua_State *)j->out.owner) != NULL && j->epoch == epoch) {
+    buffer_free(&j->out);	/* success results that nobody will read */
+    closelater(p, L);
+  }
   pthread_mutex_unlock(&p->mu);
 }
 
 
 static void job_unref (Pool *p, Job *j) {	/* mutex held */
   if (--j->refs == 0) {
-    if (j->out.owner != NULL) closelater(p, (lua_State *)j->out.owner);
+    if (j->out.owner != NULL && j->epoch == epoch)	/* (a parent's: not here) */
+      closelater(p, (lua_State *)j->out.owner);
     buffer_free(&j->in);
     buffer_free(&j->out);
     mailbox_free(&j->mail);
@@ -968,7 +1038,7 @@ static void execute (Pool *p, Job *j, lua_State *L, Worker *w, int handoff) {
     publish(p, j, JOB_CANCELLED);
   }
   else {
-    if (j->out.borrowed > 0) {	/* the output holds L's strings: L stays */
+    if (j->out.borrowed > 0 && !j->orphaned) {	/* it borrows from L: L stays */
       j->out.owner = L;
       L = NULL;
     }
@@ -1037,6 +1107,16 @@ static void *worker (void *arg) {
     int nomem = 0;
     pthread_mutex_lock(&p->mu);
     while (p->head == NULL && !p->closing) {
+      if ((L = toclose(p)) != NULL) {	/* one the preparer has not taken */
+        unsigned long e = epoch;	/* (closed as execute() closes its own) */
+        p->closers++;
+        pthread_mutex_unlock(&p->mu);
+        state_close(L);
+        if (epoch != e) _exit(0);	/* a finalizer forked: see execute() */
+        pthread_mutex_lock(&p->mu);
+        if (--p->closers == 0) pthread_cond_broadcast(&p->prepared);
+        continue;
+      }
       if (!nomem && p->init.total == 0 && p->nstash + p->making < p->stashcap) {
         p->making++;
         pthread_mutex_unlock(&p->mu);
@@ -1105,16 +1185,14 @@ static void *preparer (void *arg) {
       pthread_cond_wait(&p->prep, &p->mu);
     if (p->ntoclose > 0) {	/* a caller's state, after its job */
       unsigned long e = epoch;
-      L = p->toclose;
-      p->toclose = state_next(L);
-      p->ntoclose--;
-      p->preparing = 1;		/* (for fork: it allocates and frees) */
+      L = toclose(p);
+      p->closers++;		/* (a fork does not wait for its finalizers, as it
+				   does not for a worker's: see quiesce) */
       pthread_mutex_unlock(&p->mu);
       state_close(L);
       if (epoch != e) _exit(0);	/* a finalizer forked: see execute() */
       pthread_mutex_lock(&p->mu);
-      p->preparing = 0;
-      pthread_cond_broadcast(&p->prepared);
+      if (--p->closers == 0) pthread_cond_broadcast(&p->prepared);
     }
     else if (p->closing) break;
     else {
@@ -1236,7 +1314,7 @@ static void orphan_pool (Pool *p) {
   }
   p->head = p->tail = p->running = NULL;
   p->queued = p->busy = 0;
-  p->nstash = p->ntoclose = 0;
+  p->nstash = p->ntoclose = p->closers = 0;
   p->toclose = NULL;
   p->making = 0;
   p->sleeping = 0;

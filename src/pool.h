@@ -50,6 +50,8 @@ void pool_release (Pool *p);
 ** output is read: the pool's preparer closes it, off the reader's path.
 */
 void pool_closelater (Pool *p, lua_State *L);
+/* close, on this thread, every state left to close (at the caller's end) */
+void pool_closeall (Pool *p);
 
 /*
 ** Take no more jobs.  Its threads run those queued, then end; wait for
@@ -73,6 +75,13 @@ const char *pool_unusable (Pool *p);
 */
 Job *job_new (int depth, int listen);
 Buffer *job_input (Job *j);
+/* the process's epoch when it was submitted (pool_epoch) */
+unsigned long job_epoch (Job *j);
+/* its isolate has decoded its input (job_inputread); the caller's may go */
+void job_inputread (Job *j);
+int job_hasread (Job *j);
+/* nobody will take its output (its task's handle was collected) */
+void job_orphan (Pool *p, Job *j);
 unsigned long job_id (Job *j);
 /* the order of its end among all jobs (from 1; 0: it has not ended) */
 unsigned long job_endseq (Job *j);

@@ -877,6 +877,7 @@ static int body (lua_State *L) {
   n = message_getinput(L, &r, &index, &iso->index);
   lua_gc(L, LUA_GCRESTART);
   buffer_free(iso->in);
+  if (iso->job != NULL) job_inputread((Job *)iso->job);	/* its caller may go on */
   state_checkcancel(L);		/* asked for before the hook could be set */
   if (index == 0) lua_call(L, n - 1, LUA_MULTRET);
   else {

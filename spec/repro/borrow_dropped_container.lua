@@ -1,4 +1,4 @@
--- Bug: only the values on the stack are kept alive.  A long string that
+-- Regression (fixed): only the values on the stack are kept alive.  A long string that
 -- is reachable only through a table (or an upvalue) of run's arguments or
 -- of a task's results is freed if Lua code that runs meanwhile drops it:
 --   args     a hook, called while run waits for its queued job (pool of

@@ -1,4 +1,4 @@
--- Bug: a task's output that borrows its isolate's state, taken (or not)
+-- Regression (fixed): a task's output that borrows its isolate's state, taken (or not)
 -- before a fork, is decoded in the child: the child hands its copy of the
 -- parent's state to its own pool, which closes it there, so the isolate's
 -- finalizers run twice, once in each process.  (The child should leave

@@ -1,4 +1,4 @@
--- Bug: Ctrl-C while isolate.run waits, with a long string (>= 64 KiB)
+-- Regression (fixed): Ctrl-C while isolate.run waits, with a long string (>= 64 KiB)
 -- among its arguments, is held until the job ends: output() cancels the
 -- job, then waits for its end, since the job may still read the caller's
 -- strings.  A job blocked in C (a read of a pipe, a socket) does not see

@@ -1,4 +1,4 @@
--- Bug: a long string that an __isolate handler returns (the constructor's
+-- Regression (fixed): a long string that an __isolate handler returns (the constructor's
 -- argument) is borrowed, then popped from the stack: nothing keeps it
 -- alive, and a collection before the decode frees it (use after free;
 -- a segfault for a string of 1 MB, which malloc unmaps).

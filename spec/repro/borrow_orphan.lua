@@ -1,4 +1,4 @@
--- Bug: a task collected while it runs (kept as an orphan) whose results
+-- Regression (fixed): a task collected while it runs (kept as an orphan) whose results
 -- borrow: when it ends, its state is kept for an output nobody will read,
 -- until another task is orphaned or the script ends (orphans are buried
 -- only then).  Its finalizers do not run; its memory stays.

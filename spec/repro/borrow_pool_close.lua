@@ -1,4 +1,4 @@
--- Bug: pool:close() while tasks' outputs that borrow are not decoded yet.
+-- Regression (fixed): pool:close() while tasks' outputs that borrow are not decoded yet.
 -- The preparer ends with the pool; decoding afterwards hands each state
 -- to it all the same (pool_closelater): the states stay open, their
 -- finalizers do not run, until the last task handle is collected, and

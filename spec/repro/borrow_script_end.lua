@@ -1,4 +1,4 @@
--- Bug: the script ends while a task's output that borrows its isolate's
+-- Regression (fixed): the script ends while a task's output that borrows its isolate's
 -- state is not decoded (the task was waited for, its handle kept).  At
 -- lua_close the output hands the state to the default pool's preparer,
 -- and the process exits before it closes it: the isolate's finalizers

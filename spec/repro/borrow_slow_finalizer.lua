@@ -1,4 +1,4 @@
--- Bug: every state kept for borrowed results is closed by the pool's one
+-- Regression (fixed): every state kept for borrowed results is closed by the pool's one
 -- preparer thread, finalizers included.  An isolate's finalizer that
 -- takes seconds (or never ends) then holds that thread: the other kept
 -- states of the pool wait to be closed (their finalizers, their memory),
