@@ -1,4 +1,4 @@
--- Long strings (ISOLATE_BORROW = 64 KiB and longer) are borrowed, not
+-- Long strings (ISOLATE_BORROW = 1 MiB and longer) are borrowed, not
 -- copied: what run's arguments borrow stays on the caller's stack until
 -- the job has read it, spawn's in the task until its results are taken,
 -- and a task's results keep its isolate's state open until they are
@@ -15,7 +15,7 @@ local poll = dofile("spec/poll.lua")
 local marker, eventually = poll.marker, poll.eventually
 
 local UNDER_TOOL = os.getenv("ISOLATE_SPEC_UNDER_TOOL") ~= nil
-local BORROW = 64 * 1024
+local BORROW = 1024 * 1024
 
 -- n bytes, all 256 values in a pattern that does not repeat every 256
 local function bytes(n, seed)
@@ -84,7 +84,7 @@ end
 
 describe("borrowed long strings", function()
   describe("bytes", function()
-    it("come through intact at 64 KiB - 1, 64 KiB, 64 KiB + 1 and 1 MiB, zeros included, both ways", function()
+    it("come through intact at 1 MiB - 1, 1 MiB, 1 MiB + 1 and 1 MiB, zeros included, both ways", function()
       for _, n in ipairs{BORROW - 1, BORROW, BORROW + 1, 1 << 20} do
         local s = bytes(n)
         local r, len, again = isolate.run(function(x) return x, #x, x .. "" end, s)
@@ -97,7 +97,7 @@ describe("borrowed long strings", function()
     end)
 
     it("come through as table keys and values, the same string many times", function()
-      local s, k = bytes(70000, 3), bytes(BORROW, 5)
+      local s, k = bytes(1100000, 3), bytes(BORROW, 5)
       local t, same = isolate.run(function(s, k)
         local t = {[k] = s, s, k, nested = {[s] = k}}
         for i = 3, 1000 do t[i] = s end
@@ -110,7 +110,7 @@ describe("borrowed long strings", function()
     end)
 
     it("come through in the upvalues of a returned closure", function()
-      local s = bytes(100000)
+      local s = bytes(1100000)
       local f, g = isolate.run(function(x)
         local y = x .. "!"
         return function() return y end, function() return x, y end
@@ -134,7 +134,7 @@ describe("borrowed long strings", function()
     end)
 
     it("come through copied, not borrowed, by map, exit and emit", function()
-      local s = bytes(100000)
+      local s = bytes(1100000)
       local out = isolate.map(function(x) return x .. "" end, {s, s, s})
       assert.is_true(out[1] == s and out[3] == s)
       assert.is_true(isolate.run(function(x) require("isolate").exit(x) end, s) == s)
@@ -301,7 +301,7 @@ describe("borrowed long strings", function()
     end)
 
     it("through completions and completed", function()
-      local s = bytes(100000)
+      local s = bytes(1100000)
       local set, tasks = isolate.completions(), {}
       for i = 1, 20 do
         tasks[i] = isolate.spawn(function(x, i) return x .. i end, s, i)
@@ -311,7 +311,7 @@ describe("borrowed long strings", function()
       while #set > 0 do
         for _, t in ipairs(set:wait(10)) do
           n = n + 1
-          assert.is_true(t:await():sub(1, 100000) == s)
+          assert.is_true(t:await():sub(1, 1100000) == s)
         end
       end
       assert.equal(20, n)
@@ -335,7 +335,7 @@ describe("borrowed long strings", function()
     it("through the cqueues adapter", function()
       local cqueues = require "cqueues"
       local iso = require "isolate.cqueues"
-      local s = bytes(100000)
+      local s = bytes(1100000)
       local cq, got = cqueues.new(), {}
       for i = 1, 5 do
         cq:wrap(function() got[i] = iso.run(function(x, i) return x .. i end, s, i) end)
@@ -349,11 +349,11 @@ describe("borrowed long strings", function()
         local isolate = require "isolate"
         return isolate.run(function()
           local isolate = require "isolate"
-          local t = isolate.spawn(function() return string.rep("n", 200000) end)
-          return t:await() .. isolate.run(function() return string.rep("m", 100000) end), t:await()
+          local t = isolate.spawn(function() return string.rep("n", 2200000) end)
+          return t:await() .. isolate.run(function() return string.rep("m", 1100000) end), t:await()
         end)
       end)
-      assert.is_true(r == string.rep("n", 200000) .. string.rep("m", 100000))
+      assert.is_true(r == string.rep("n", 2200000) .. string.rep("m", 1100000))
     end)
 
     it("from a pool with a memory limit, and past it a memory error", function()
@@ -371,7 +371,7 @@ describe("borrowed long strings", function()
       local path = marker()
       local ok, err = pcall(isolate.run, function(path)
         closes(path)
-        return {string.rep("x", 100000), coroutine.create(print)}
+        return {string.rep("x", 1100000), coroutine.create(print)}
       end, path)
       assert.is_false(ok)
       assert.matches("cannot transfer a thread", tostring(err), 1, true)
@@ -380,7 +380,7 @@ describe("borrowed long strings", function()
       path = marker()
       local t = isolate.spawn(function(path)
         closes(path)
-        return string.rep("x", 100000), coroutine.create(print)
+        return string.rep("x", 1100000), coroutine.create(print)
       end, path)
       local ok2, err2 = t:result()
       assert.is_false(ok2)
@@ -402,21 +402,21 @@ describe("borrowed long strings", function()
     describe("keep the isolate's state, which is closed (its finalizers run)", function()
       it("once await has decoded them", function()
         local path = marker()
-        local t = isolate.spawn(function(path) closes(path); return string.rep("a", 100000) end, path)
+        local t = isolate.spawn(function(path) closes(path); return string.rep("a", 1100000) end, path)
         assert.is_true(t:wait())
-        assert.equal(100000, #t:await())
+        assert.equal(1100000, #t:await())
         assert.is_true(closed(path), "the state was not closed")
         os.remove(path)
       end)
 
       it("once run has decoded them, on the default pool and a pool of its own", function()
         local path = marker()
-        assert.equal(100000, #isolate.run(function(path) closes(path); return string.rep("r", 100000) end, path))
+        assert.equal(1100000, #isolate.run(function(path) closes(path); return string.rep("r", 1100000) end, path))
         assert.is_true(closed(path), "the state was not closed")
         os.remove(path)
         local pool = isolate.pool{size = 1}
         path = marker()
-        assert.equal(100000, #pool:run(function(path) closes(path); return string.rep("r", 100000) end, path))
+        assert.equal(1100000, #pool:run(function(path) closes(path); return string.rep("r", 1100000) end, path))
         assert.is_true(closed(path), "the state was not closed")
         os.remove(path)
         pool:close()
@@ -424,7 +424,7 @@ describe("borrowed long strings", function()
 
       it("when the task is collected with its output taken, not decoded", function()
         local path = marker()
-        local t = isolate.spawn(function(path) closes(path); return string.rep("w", 100000) end, path)
+        local t = isolate.spawn(function(path) closes(path); return string.rep("w", 1100000) end, path)
         assert.is_true(t:wait())
         t = nil
         collectgarbage(); collectgarbage()
@@ -434,7 +434,7 @@ describe("borrowed long strings", function()
 
       it("when the task is collected after its end, never waited for", function()
         local path = marker()
-        local t = isolate.spawn(function(path) closes(path); return string.rep("d", 100000) end, path)
+        local t = isolate.spawn(function(path) closes(path); return string.rep("d", 1100000) end, path)
         assert.is_true(eventually(function() return t:done() end))
         t = nil
         collectgarbage(); collectgarbage()
@@ -452,9 +452,9 @@ describe("borrowed long strings", function()
         local paths, tasks = {}, {}
         for i = 1, 4 do
           paths[i] = marker()
-          tasks[i] = pool:spawn(function(path) closes(path); return string.rep("c", 100000) end, paths[i])
+          tasks[i] = pool:spawn(function(path) closes(path); return string.rep("c", 1100000) end, paths[i])
         end
-        for i = 1, 4 do assert.equal(100000, #tasks[i]:await()) end
+        for i = 1, 4 do assert.equal(1100000, #tasks[i]:await()) end
         pool:close()
         for i = 1, 4 do
           assert.is_true(closed(paths[i], 1), "state " .. i .. " was not closed by pool:close()")

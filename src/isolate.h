@@ -23,10 +23,12 @@
 /*
 ** Strings this long or longer are not copied into the message of a run's
 ** arguments or of a task's results: the message borrows them from their
-** state, which stays alive until the message is decoded (buffer.h).
+** state, which stays alive until the message is decoded (buffer.h).  An
+** isolate's state that stays costs its whole heap: only a string that
+** outweighs that is worth it.
 */
 #if !defined(ISOLATE_BORROW)
-#define ISOLATE_BORROW		(64u << 10)
+#define ISOLATE_BORROW		(1u << 20)
 #endif
 
 /*

@@ -17,7 +17,7 @@ local task = isolate.spawn(function(path)
     f:write(require("posix").getpid(), "\n")
     f:close()
   end})
-  return string.rep("f", 100000)
+  return string.rep("f", 1100000)
 end, log)
 if mode == "wait" then assert(task:wait()) else while not task:done() do end end
 
@@ -30,13 +30,13 @@ end
 
 local pid = posix.fork()
 if pid == 0 then
-  local ok = pcall(function() assert(#task:await() == 100000) end)
+  local ok = pcall(function() assert(#task:await() == 1100000) end)
   task = nil
   settle()
   posix._exit(ok and 0 or 1)
 end
 local _, code = posix.waitpid(pid)
-assert(#task:await() == 100000)
+assert(#task:await() == 1100000)
 task = nil
 settle()
 local pids = {}

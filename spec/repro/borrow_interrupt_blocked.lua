@@ -1,4 +1,4 @@
--- Regression (fixed): Ctrl-C while isolate.run waits, with a long string (>= 64 KiB)
+-- Regression (fixed): Ctrl-C while isolate.run waits, with a long string (>= 1 MiB)
 -- among its arguments, is held until the job ends: output() cancels the
 -- job, then waits for its end, since the job may still read the caller's
 -- strings.  A job blocked in C (a read of a pipe, a socket) does not see
@@ -6,11 +6,11 @@
 -- job runs on a worker when a hook is set (a debugger, luacov) or when no
 -- prepared state is at hand; the arguments were read long before.
 --   lua5.4 spec/repro/borrow_interrupt_blocked.lua [SIZE]
--- (SIGINT is sent to itself after 1 s; SIZE default 100000, 10: no bug)
+-- (SIGINT is sent to itself after 1 s; SIZE default 1100000, 10: no bug)
 -- Prints "ok" when run raised within 1 s of the signal.
 local isolate = require "isolate"
 local socket = require "socket"
-local size = tonumber(arg[1] or 100000)
+local size = tonumber(arg[1] or 1100000)
 local start = socket.gettime()
 local pid = io.open("/proc/self/stat"):read("n")
 

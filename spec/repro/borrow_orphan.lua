@@ -12,7 +12,7 @@ os.remove(marker); os.remove(go)
 local task = isolate.spawn(function(path, go)
   KEEP = setmetatable({}, {__gc = function() io.open(path, "w"):close() end})
   while not io.open(go) do end
-  return string.rep("o", 100000)
+  return string.rep("o", 1100000)
 end, marker, go)
 while task:status() ~= "running" do end
 task = nil

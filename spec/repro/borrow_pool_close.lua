@@ -14,12 +14,12 @@ local tasks = {}
 for i = 1, 4 do
   tasks[i] = pool:spawn(function(path)
     KEEP = setmetatable({}, {__gc = function() io.open(path, "w"):close() end})
-    return string.rep("c", 100000)
+    return string.rep("c", 1100000)
   end, dir .. "." .. i)
 end
 for i = 1, 4 do assert(tasks[i]:wait()) end
 pool:close()
-for i = 1, 4 do assert(#tasks[i]:await() == 100000) end
+for i = 1, 4 do assert(#tasks[i]:await() == 1100000) end
 
 local function ran()
   local n = 0

@@ -15,7 +15,7 @@ local function child(marker)
     KEEP = setmetatable({}, {__gc = function()	-- runs when the state closes
       local f = io.open(path, "w"); f:write("closed"); f:close()
     end})
-    return string.rep("e", 100000)
+    return string.rep("e", 1100000)
   end, marker)
   assert(TASK:wait())
   socket.sleep(0.5)

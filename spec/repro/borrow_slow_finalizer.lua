@@ -21,9 +21,9 @@ local slow = isolate.spawn(function(path)
     local t0 = os.time()
     while os.time() - t0 < 3 do end
   end})
-  return string.rep("s", 100000)
+  return string.rep("s", 1100000)
 end, started)
-assert(#slow:await() == 100000)		-- its state goes to the preparer
+assert(#slow:await() == 1100000)		-- its state goes to the preparer
 local deadline = posix.monotonic() + 5
 while not io.open(started) and posix.monotonic() < deadline do end
 assert(io.open(started), "the slow finalizer did not start")
@@ -39,8 +39,8 @@ else
   os.remove(marker)
   assert(#isolate.spawn(function(path)
     KEEP = setmetatable({}, {__gc = function() io.open(path, "w"):close() end})
-    return string.rep("q", 100000)
-  end, marker):await() == 100000)
+    return string.rep("q", 1100000)
+  end, marker):await() == 1100000)
   while not io.open(marker) and posix.monotonic() - t0 < 10 do end
   os.remove(marker)
 end

@@ -52,7 +52,7 @@ elseif mode == "end-pool" then
   local pool = isolate.pool{size = 1}
   TASK = pool:spawn(function(marker)
     KEEP = setmetatable({}, {__gc = function() poll.touch(marker, "closed") end})
-    return string.rep("p", 100000)
+    return string.rep("p", 1100000)
   end, path)
   assert(TASK:wait())
   POOL = pool
