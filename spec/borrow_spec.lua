@@ -73,13 +73,7 @@ local function repro(name, args, opts)
   assert.equal(0, r.code, r.report)
 end
 
-local function asan_fork()
-  if (os.getenv("LD_PRELOAD") or ""):match("asan") then
-    pending("clang 14's ASan runtime is not fork-safe in threaded processes")
-    return true
-  end
-  return false
-end
+local asan_fork = sub.asan_fork	-- (pending under ASan: spec/subprocess.lua)
 
 
 describe("borrowed long strings", function()

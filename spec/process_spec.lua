@@ -15,18 +15,7 @@ local function verdict(out, check)
   return "no report"
 end
 
--- clang 14's AddressSanitizer does not lock its allocator around fork():
--- a child of a threaded process can find a lock of it held by a thread of
--- the parent, and hang in its free() as soon as it starts a thread (gdb
--- shows the child's new threads there).  The fork specs run plainly, under
--- TSan and under valgrind; under ASan they are pending.
-local function asan_fork()
-  if (os.getenv("LD_PRELOAD") or ""):match("asan") then
-    pending("clang 14's ASan runtime is not fork-safe in threaded processes")
-    return true
-  end
-  return false
-end
+local asan_fork = sub.asan_fork	-- (pending under ASan: spec/subprocess.lua)
 
 describe("a forked process", function()
   -- one subprocess for all the fork checks, started by the first that needs it

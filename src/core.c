@@ -320,7 +320,11 @@ static int task_gc (lua_State *L) {
       buffer_free(&record);
     }
     if (s == JOB_QUEUED || s == JOB_RUNNING) {
-      if (closing(L, 1)) job_cancel(t->pool, t->job);
+      if (closing(L, 1)) {	/* what it borrows goes with this state: */
+        job_cancel(t->pool, t->job);	/* wait till its input is read */
+        while (t->args != LUA_NOREF && !job_hasread(t->job) &&
+               !pool_wait(t->pool, t->job, 1, 0)) ;
+      }
       else adopt(L, t);
     }
     if (t->job != NULL) letgo(t);
@@ -958,8 +962,10 @@ static int ends_pollfd (lua_State *L) {
 }
 
 
-/* the list of the tasks that ended since the last call, in the order they ended */
-/* push the list of the tasks ended (from 'first' on); return how many */
+/*
+** Push the list of the tasks that ended since the last call, in the order
+** they ended (from 'first' on); return how many.
+*/
 static int ends_taken (lua_State *L, Ends *e, void *first) {
   lua_Integer k = 0;
   void *key;
