@@ -594,8 +594,9 @@ void pool_closeall (Pool *p) {
 void job_orphan (Pool *p, Job *j) {
   lua_State *L;
   pthread_mutex_lock(&p->mu);
-  j->orphaned = 1;
-  if ((L = (lua_State *)j->out.owner) != NULL && j->epoch == epoch) {
+  j->orphaned = 1;		/* (its thread writes 'out' until the end, unlocked) */
+  if (isfinal(atomic_load_explicit(&j->status, memory_order_relaxed)) &&
+      (L = (lua_State *)j->out.owner) != NULL && j->epoch == epoch) {
     buffer_free(&j->out);	/* success results that nobody will read */
     closelater(p, L);
   }
