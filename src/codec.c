@@ -43,7 +43,6 @@
 #include "isolate.h"
 #include "codec.h"
 #include "names.h"
-#include "pool.h"
 
 
 enum Tag {
@@ -425,6 +424,15 @@ static void encode (Encoder *e, int idx);
 
 
 /*
+** Calls of __isolate and of constructors under way on this thread.  Each
+** may transfer again (another codec's levels on the same C stack), so
+** they nest at most ISOLATE_CODEC_NEST deep.  Each is a protected call:
+** no error skips the count back.
+*/
+static _Thread_local int nested;
+
+
+/*
 ** The hash of an address is the address: objects made one after another,
 ** as a program builds its data, are met one after another, and their
 ** slots follow each other in memory too.
@@ -544,10 +552,12 @@ static int encode_object (Encoder *e, int idx) {
   id = e->nextid;
   seen_setid(e, idx, -id);
   enter(e);
-  if (pool_stackleft() < ISOLATE_CODEC_STACK)	/* it may encode again, deep */
+  if (nested >= ISOLATE_CODEC_NEST)
     fail(e, "C stack overflow (transfers nested in __isolate)");
   lua_pushvalue(L, idx);
+  nested++;
   status = lua_pcall(L, 1, LUA_MULTRET, 0);
+  nested--;
   names_reset(L, &e->names);	/* Lua code ran: it may have loaded modules */
   if (status == LUA_ERRMEM) lua_error(L);	/* a memory error stays one */
   if (status != LUA_OK)
@@ -1145,6 +1155,7 @@ static void decode_object (Decoder *d) {
   lua_State *L = d->L;
   uint64_t n, i;
   lua_Integer id;
+  int status;
   if (!(d->flags & CODEC_TRUSTED)) refused(d, "object with __isolate");
   n = varint(d);
   if (n < 1) bad(d, "object without a constructor");
@@ -1160,10 +1171,12 @@ static void decode_object (Decoder *d) {
   lua_rawseti(L, d->refs, id);
   for (i = 0; i < n; i++) decode_next(d);
   if (!lua_isfunction(L, -(int)n)) bad(d, "object constructor is not a function");
-  if (pool_stackleft() < ISOLATE_CODEC_STACK)	/* it may decode again, deep */
-    luaL_error(L, "isolate: C stack overflow "
-               "(transfers nested in constructors)");
-  lua_call(L, (int)n - 1, 1);
+  if (nested >= ISOLATE_CODEC_NEST)
+    luaL_error(L, "isolate: C stack overflow (transfers nested in constructors)");
+  nested++;
+  status = lua_pcall(L, (int)n - 1, 1, 0);
+  nested--;
+  if (status != LUA_OK) lua_error(L);	/* its error, as it is */
   lua_pushvalue(L, -1);
   lua_rawseti(L, d->refs, id);
   dec_leave(d);

@@ -54,11 +54,11 @@
 #endif
 
 /*
-** C stack that a call of __isolate or of a constructor must leave: it may
-** encode or decode again (another codec's levels) from inside this one
+** How deep calls of __isolate and of constructors may nest on a thread:
+** each may encode or decode again, another codec's levels on its C stack
 */
-#if !defined(ISOLATE_CODEC_STACK)
-#define ISOLATE_CODEC_STACK	(512u << 10)
+#if !defined(ISOLATE_CODEC_NEST)
+#define ISOLATE_CODEC_NEST	8
 #endif
 
 /* C stack that an isolate's coroutine.close needs left to go on */
