@@ -626,7 +626,10 @@ describe("objects that travel", function()
         -- C function constructors only: corrupted bytecode, trusted, is
         -- outside the contract (README: Lua's loader trusts its sizes)
         local inner = object(function() return string.upper, "in" end)
-        local s = isolate.encode({object(function() return string.rep, "x", 2 end), io.stderr,
+        -- (no constructor whose argument sizes an allocation: a corrupted
+        -- count asks for terabytes, which ThreadSanitizer's allocator
+        -- does not refuse cleanly as malloc does)
+        local s = isolate.encode({object(function() return string.lower, "XX" end), io.stderr,
           {inner, object(function() return table.pack, inner, {inner}, 3 end)}, inner})
         assert.same({"xx", io.stderr, {"IN", {n = 3, "IN", {"IN"}, 3}}, "IN"}, isolate.decode(s, {trusted = true}))
         for i = 0, #s - 1 do
