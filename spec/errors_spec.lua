@@ -21,8 +21,10 @@ describe("errors", function()
       assert.not_matches("%[C%]: in %?$", err.traceback)   -- the core's own entry is cut
     end)
 
-    it("print the message, then the remote traceback", function()
+    it("print the message, then the remote traceback, then the caller's", function()
       local err = error_of(isolate.run, function() error("boom") end)
+      assert.equal(err.message .. "\nremote " .. err.traceback .. "\ncaller's " .. err.caller, tostring(err))
+      err.caller = nil
       assert.equal(err.message .. "\nremote " .. err.traceback, tostring(err))
     end)
 

@@ -545,6 +545,11 @@ static int encode_object (Encoder *e, int idx) {
     lua_settop(L, top);
     return 0;			/* none (false: none either) */
   }
+  if (e->role == ROLE_MEASURE) {	/* nothing runs */
+    lua_settop(L, top);
+    put1(e, T_NIL);
+    return 1;
+  }
   if (seen_before(e, idx)) {
     lua_settop(L, top);
     return 1;
@@ -829,7 +834,7 @@ void codec_encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
 
 static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
                         lua_Integer base, lua_Integer *failed, size_t borrow) {
-  static const int stepkind[] = {S_ARG, S_RESULT, S_VALUE, S_ITEM, S_ITEMRESULT};
+  static const int stepkind[] = {S_ARG, S_RESULT, S_VALUE, S_ITEM, S_ITEMRESULT, S_VALUE};
   Encoder e;
   int top = lua_gettop(L), i;
   size_t start = b->total;

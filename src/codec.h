@@ -20,7 +20,9 @@ typedef enum Role {
   ROLE_RESULT,		/* results: "result #1 > ..." */
   ROLE_VALUE,		/* isolate.encode's values: "value #1 > ..." */
   ROLE_ITEM,		/* a map's items: "item #7 > ..." */
-  ROLE_ITEMRESULT	/* their results: "result of item #7 > ..." */
+  ROLE_ITEMRESULT,	/* their results: "result of item #7 > ..." */
+  ROLE_MEASURE		/* isolate.captures: as ROLE_VALUE, but an object
+			   with __isolate is not called: it counts as nil */
 } Role;
 
 /*

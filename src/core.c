@@ -572,6 +572,21 @@ static Output *output (lua_State *L, int ti, double timeout, int raise, int canc
 }
 
 
+/*
+** Raise the RemoteError on top, with where it is raised in this state:
+** its 'caller' field is the traceback from the function that called
+** run, await or map (the error's own 'traceback' is the isolate's).
+** Raised again, it tells where it was raised last.
+*/
+static int raise_remote (lua_State *L) {
+  if (lua_istable(L, -1)) {
+    luaL_traceback(L, L, NULL, 1);
+    lua_setfield(L, -2, "caller");
+  }
+  return lua_error(L);
+}
+
+
 /* push the cached outcome of the task at 'ti' (raising an error), or -1 */
 static int replay (lua_State *L, int ti) {
   Task *t = (Task *)lua_touserdata(L, ti);
@@ -586,7 +601,7 @@ static int replay (lua_State *L, int ti) {
       o->seen = 1;
       lua_pop(L, 1);
     }
-    return lua_error(L);
+    return raise_remote(L);
   }
   if (!lua_istable(L, -1)) luaL_error(L, "isolate: the task's results were replaced");
   lua_getfield(L, -1, "n");
@@ -647,7 +662,7 @@ static int collect (lua_State *L, int ti, int keep, double timeout, int cancels)
   }
   if (t->status != JOB_DONE) {
     o->seen = 1;
-    return lua_error(L);
+    return raise_remote(L);
   }
   return n;			/* the output closes on return */
 }
@@ -1619,6 +1634,22 @@ static int l_encode (lua_State *L) {
 }
 
 
+/*
+** measure(v): the size of v's message, as isolate.encode(v) would make
+** it, except that no __isolate is called (an object counts as nil); or
+** the error of what cannot travel.  For isolate.captures.
+*/
+static int l_measure (lua_State *L) {
+  Buffer *b;
+  lua_settop(L, 1);
+  b = buffer_push(L);
+  codec_encode(L, b, 1, 1, ROLE_MEASURE);
+  lua_pushinteger(L, (lua_Integer)b->total);
+  buffer_free(b);
+  return 1;
+}
+
+
 static int l_decode (lua_State *L) {
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
@@ -1648,7 +1679,11 @@ static int l_failalloc (lua_State *L) {
 }
 
 
-/* tostring(err): the message, then the remote traceback */
+/*
+** tostring(err): the message, then the remote traceback, then where the
+** caller raised it.  The lua5.4 interpreter prints an uncaught error
+** object that has __tostring as it is, with no traceback of its own.
+*/
 static int remote_tostring (lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "message");
@@ -1659,6 +1694,26 @@ static int remote_tostring (lua_State *L) {
     lua_concat(L, 3);
   }
   else lua_pop(L, 1);
+  if (lua_getfield(L, 1, "caller") == LUA_TSTRING) {
+    lua_pushliteral(L, "\ncaller's ");
+    lua_insert(L, -2);
+    lua_concat(L, 3);
+  }
+  else lua_pop(L, 1);
+  return 1;
+}
+
+
+/* a .. b where a or b is an error: its tostring joined, as for a string */
+static int error_concat (lua_State *L) {
+  int i;
+  for (i = 1; i <= 2; i++)
+    if (!lua_isstring(L, i)) {
+      luaL_tolstring(L, i, NULL);
+      lua_replace(L, i);
+    }
+  lua_settop(L, 2);
+  lua_concat(L, 2);
   return 1;
 }
 
@@ -1763,6 +1818,7 @@ static const luaL_Reg funcs[] = {
   {"completed", l_completed},
   {"chunk", l_chunk},
   {"encodefn", l_encodefn},
+  {"measure", l_measure},
   {"into", l_into},
   {"now", l_now},
   {"stderrtty", l_stderrtty},
@@ -1785,6 +1841,8 @@ static void errortype (lua_State *L, const char *tname, const char *field,
   luaL_newmetatable(L, tname);
   lua_pushcfunction(L, tostring);
   lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, error_concat);
+  lua_setfield(L, -2, "__concat");
   names_pin(L, -1, "isolate.core", field);
   lua_setfield(L, -2, field);
 }

@@ -206,6 +206,86 @@ static int decode_value (lua_State *L) {
 }
 
 
+/*
+** Does the function at level 1 of L see a global 'name' that is not nil?
+** Its _ENV if it has one, else the globals table; tables only, read raw,
+** through __index tables (an environment that falls back on _G), so that
+** no Lua code runs.
+*/
+static int callerhas (lua_State *L, const char *name) {
+  lua_Debug ar;
+  int i, found = 0, top = lua_gettop(L);
+  const char *up;
+  lua_pushnil(L);		/* the caller's _ENV, if it has one */
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "f", &ar)) {
+    for (i = 1; (up = lua_getupvalue(L, -1, i)) != NULL; i++) {
+      if (strcmp(up, "_ENV") == 0) {
+        lua_replace(L, top + 1);
+        break;
+      }
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);		/* the function */
+  }
+  if (!lua_istable(L, top + 1)) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+    lua_replace(L, top + 1);
+  }
+  for (i = 0; i < 16 && lua_istable(L, -1); i++) {	/* a bounded chain */
+    lua_pushstring(L, name);
+    if (lua_rawget(L, -2) != LUA_TNIL) {
+      found = 1;
+      break;
+    }
+    lua_pop(L, 1);
+    if (!lua_getmetatable(L, -1)) break;
+    lua_pushliteral(L, "__index");
+    lua_rawget(L, -2);
+    lua_remove(L, -2);		/* the metatable */
+  }
+  lua_settop(L, top);
+  return found;
+}
+
+
+/*
+** The message of an error in the isolate that comes from a global that
+** was nil there, "... (global 'name')", and that the caller has: the
+** classic "globals do not travel" mistake gets a hint at its end.
+*/
+static void hint_global (lua_State *L, int err) {
+  const char *msg, *at, *end;
+  char name[64];
+  size_t len;
+  lua_getfield(L, err, "kind");
+  if (strcmp(lua_tostring(L, -1), "error") != 0) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_getfield(L, err, "message");
+  msg = lua_tostring(L, -1);
+  if ((at = strstr(msg, "(global '")) == NULL || strstr(msg, "\nhint: ") != NULL) {
+    lua_pop(L, 2);
+    return;
+  }
+  at += 9;
+  end = strchr(at, '\'');
+  len = end != NULL ? (size_t)(end - at) : 0;
+  if (len > 0 && len < sizeof(name)) {
+    memcpy(name, at, len);
+    name[len] = '\0';
+    if (callerhas(L, name)) {
+      lua_pushfstring(L, "%s\nhint: '%s' is a global in the caller, but globals do not "
+                      "travel: capture it as a local upvalue (local %s = %s, "
+                      "above the function)",
+                      msg, name, name, name);
+      lua_setfield(L, err, "message");
+    }
+  }
+  lua_pop(L, 2);
+}
+
+
 void message_pushfailure (lua_State *L, Reader *r) {
   static const char *const fields[] = {"kind", "message", "traceback", "index"};
   int i, n = 3, top = lua_gettop(L);
@@ -232,6 +312,7 @@ void message_pushfailure (lua_State *L, Reader *r) {
     if (lua_pcall(L, 1, 1, 0) == LUA_OK) lua_setfield(L, -2, "value");
     else lua_pop(L, 1);
   }
+  hint_global(L, lua_gettop(L));
   luaL_setmetatable(L, ISOLATE_REMOTEERROR);
   lua_replace(L, top + 1);
   lua_settop(L, top + 1);

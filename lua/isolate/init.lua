@@ -126,9 +126,125 @@ local function map(pool, fn, list, opts)
     cancelall(tasks)
     error(err, 0)
   end
-  if failed then error(failed, 0) end
+  if failed then
+    if debug then failed.caller = debug.traceback(nil, 2) end   -- the call of map
+    error(failed, 0)
+  end
   return out
 end
+
+-- {======================================================
+-- Diagnostics
+-- =======================================================
+
+local HEADER = #core.encode()   -- a message of no values
+
+-- a path step, as the encoder names it in its errors
+local function keystep(k)
+  local tk = type(k)
+  if tk == "string" then return "field '" .. k .. "'" end
+  if math.type(k) == "integer" then return "[" .. k .. "]" end
+  if tk == "number" or tk == "boolean" then return "[" .. tostring(k) .. "]" end
+  return "[" .. tk .. " key]"
+end
+
+local scalar = {["nil"] = true, boolean = true, number = true, string = true}
+local MAXINSIDE = 32            -- a table with more inside lists what fails only
+
+-- What fn would carry: an entry per upvalue (of fn and of the Lua
+-- functions it carries) and per table, function or userdata inside a
+-- table, each once (a second reference costs nothing), with its encoded
+-- size or why it cannot travel.  A table with more than MAXINSIDE such
+-- values inside lists only those that cannot travel.  Nothing runs: no
+-- __isolate either (an object's entry has no size; the tables around it
+-- count it as nil).
+local function captures(fn)
+  if type(fn) ~= "function" then
+    argerror(1, "captures", "function expected, got " .. (fn == nil and "no value" or type(fn)), 2)
+  end
+  local getmt = debug and debug.getmetatable or getmetatable
+  local list, seen, modules = {}, {}, {}
+  for name, m in pairs(package.loaded) do
+    if type(m) == "table" then modules[m] = name end
+  end
+  local walk
+
+  local function add(path, v)
+    local ok, size = pcall(core.measure, v)
+    local e = {path = path, type = type(v), ok = ok}
+    if ok then e.bytes = size - HEADER
+    else e.why = tostring(size):gsub("^isolate: ", ""):gsub(" %(value #1%)$", "")
+                 :gsub("%(value #1 > ", "(at ") end
+    list[#list + 1] = e
+    return e
+  end
+
+  local function upvalues(path, f)
+    for i = 1, math.huge do
+      local name, v = debug.getupvalue(f, i)
+      if name == nil then break end
+      walk(path .. "upvalue '" .. (name == "" and "?" or name) .. "'", v, true)
+    end
+  end
+
+  -- 'always': an entry even for a scalar (an upvalue)
+  walk = function(path, v, always)
+    local t = type(v)
+    if scalar[t] then
+      if always then add(path, v) end
+      return
+    end
+    if seen[v] then return end
+    seen[v] = true
+    local e = add(path, v)
+    local mt = (t == "table" or t == "userdata") and getmt(v)
+    if type(mt) == "table" and rawget(mt, "__isolate") then
+      e.bytes, e.by = nil, "__isolate"
+      return
+    end
+    if t == "table" then
+      if modules[v] then e.by = "name '" .. modules[v] .. "'" return end
+      local inside, keys = {}, 0  -- path, value: what is not a scalar
+      for k, x in next, v do
+        if not scalar[type(k)] then
+          keys = keys + 1
+          inside[#inside + 1] = path .. " > key #" .. keys
+          inside[#inside + 1] = k
+        end
+        if not scalar[type(x)] then inside[#inside + 1] = path .. " > " .. keystep(k); inside[#inside + 1] = x end
+      end
+      if mt then inside[#inside + 1] = path .. " > metatable"; inside[#inside + 1] = mt end
+      if #inside <= 2 * MAXINSIDE then
+        for i = 1, #inside, 2 do walk(inside[i], inside[i + 1]) end
+      elseif not e.ok then      -- a big table: only what cannot travel
+        for i = 1, #inside, 2 do
+          if not pcall(core.measure, inside[i + 1]) then walk(inside[i], inside[i + 1]) end
+        end
+      end
+    elseif t == "function" then
+      if debug.getinfo(v, "S").what == "C" then
+        if e.ok then e.by = "name" end
+      else
+        upvalues(path .. " > ", v)
+      end
+    end
+  end
+
+  if debug.getinfo(fn, "S").what == "C" then
+    local ok, err = pcall(core.measure, fn)
+    if not ok then
+      list[1] = {path = "function", type = "function", ok = false,
+                 why = tostring(err):gsub("^isolate: ", ""):gsub(" %(value #1%)$", "")}
+    end
+    return list
+  end
+  seen[fn] = true
+  upvalues("", fn)
+  return list
+end
+
+-- }======================================================
+
 
 local function all(tasks)
   checktasks(tasks, "all", 2)
@@ -183,6 +299,9 @@ local isolate = {
 
   -- One descriptor for many tasks: add them, poll it, take those ended.
   completions = core.completions,
+
+  -- What a function would carry: its upvalues, by value, with sizes.
+  captures = captures,
 
   ismain = core.ismain,
   name = core.name,       -- the pool's name inside an isolate; nil for the default pool
