@@ -77,6 +77,7 @@ local isolate = {}
 ---@field traceback? string The remote stack traceback (`nil` for memory errors and cancels).
 ---@field value? any The raised value itself when it could travel back.
 ---@field index? integer Set by `map`: the index of the item whose call failed.
+---@field caller? string Where the caller raised it: the traceback from the call of `run`, `await` or `map`.
 
 --- Raised by a wait whose timeout ran out; the task goes on.
 --- `tostring(err)` is its message.
@@ -177,6 +178,21 @@ function isolate.name() end
 --- The number of CPUs this process may use: the default pool's size.
 ---@return integer
 function isolate.cpus() end
+
+---@class isolate.Capture
+---@field path string For example `upvalue 'cfg' > field 'names'`.
+---@field type type `type()` of the value.
+---@field bytes? integer Its encoded size; `nil` if it cannot travel, and for an `__isolate` object.
+---@field ok boolean Whether it can travel.
+---@field why? string Why it cannot travel.
+---@field by? string How it travels without a copy: `name 'string'`, `name`, `__isolate`.
+
+--- What `fn` would carry to an isolate (its upvalues, by value, through
+--- tables and functions), with paths, types and encoded sizes, and what
+--- cannot travel with why. Runs nothing.
+---@param fn function
+---@return isolate.Capture[]
+function isolate.captures(fn) end
 
 --- The values as one byte string (it starts with `"\27ISO"` and a version byte).
 ---@param ... any
