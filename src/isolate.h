@@ -7,6 +7,10 @@
 
 #include "lua.h"
 
+/* the release: the core's _VERSION is "isolate " ISOLATE_VERSION, and the
+   Lua layer (lua/isolate/init.lua) refuses a core of another release */
+#define ISOLATE_VERSION		"0.1.0"
+
 /* deepest nesting of tables, functions and upvalues that one transfer takes */
 #if !defined(ISOLATE_MAXDEPTH)
 #define ISOLATE_MAXDEPTH	200
