@@ -8,6 +8,8 @@ CC ?= cc
 CFLAGS ?= -O2 -g
 WARN = -std=c11 -Wall -Wextra -pedantic -Wshadow -Wmissing-prototypes
 BUILD = build
+# a module's link: on macOS it leaves Lua's symbols to the interpreter
+SHARED := $(if $(filter Darwin,$(shell uname -s)),-bundle -undefined dynamic_lookup,-shared)
 SRC = src/core.c src/codec.c src/names.c src/message.c src/buffer.c src/mailbox.c src/pool.c src/state.c
 HDR = $(wildcard src/*.h)
 
@@ -34,11 +36,11 @@ SPEC_HOST = $(BUILD)/host
 
 $(SPEC_POSIX): spec/posix.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC -shared -o $@ $<
+	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC $(SHARED) -o $@ $<
 
 $(SPEC_COBJECT): spec/cobject.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC -shared -o $@ $< -lpthread
+	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC $(SHARED) -o $@ $< -lpthread
 
 $(SPEC_HOST): spec/host.c
 	@mkdir -p $(dir $@)
@@ -46,7 +48,7 @@ $(SPEC_HOST): spec/host.c
 
 $(BUILD)/isolate/core.so: $(SRC) $(HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC -shared -o $@ $(SRC) -lpthread
+	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC $(SHARED) -o $@ $(SRC) -lpthread
 
 # What a plain `busted` in the checkout needs: .busted's helper
 # (spec/make.lua) makes it first.
@@ -115,7 +117,7 @@ fuzz: $(BUILD)/fuzz/decode all
 
 $(BUILD)/benchlib.so: bench/benchlib.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC -shared -o $@ $<
+	$(CC) $(CFLAGS) $(WARN) $(LUA_INC) -fPIC $(SHARED) -o $@ $<
 
 bench: all $(BUILD)/benchlib.so
 	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) bench/run.lua
