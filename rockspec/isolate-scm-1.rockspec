@@ -3,7 +3,8 @@ package = "isolate"
 version = "scm-1"
 
 source = {
-   url = "git+file:///dev/null",   -- installed from a checkout: luarocks make
+   url = "git+https://github.com/lua-isolate/isolate.git",
+   branch = "main",
 }
 
 description = {
@@ -20,9 +21,13 @@ Values that cannot travel (coroutines, full userdata, unnamed C functions) are
 refused before anything runs, with the path to them. os.exit inside an isolate
 ends the isolate, never the process.
 ]],
+   homepage = "https://github.com/lua-isolate/isolate",
    license = "MIT",
    labels = { "concurrency", "threads", "parallel", "isolate" },
 }
+
+-- where it is built and tested (the C core keeps to POSIX elsewhere, untested)
+supported_platforms = { "linux" }
 
 dependencies = {
    "lua >= 5.4, < 5.5",
@@ -42,4 +47,12 @@ build = {
          libraries = { "pthread" },
       },
    },
+}
+
+-- `luarocks test` in a checkout: the specs, as `make test` runs them, with
+-- the system's busted (Debian's lua-busted): nothing to download.  Spec
+-- files after `luarocks test --` run alone (make test SPECS=...).
+test = {
+   type = "command",
+   command = [[sh -c 'exec make test SPECS="$*"' make-test]],
 }

@@ -1888,6 +1888,8 @@ int luaopen_isolate_core (lua_State *L) {
   hiddenclass(L, ISOLATE_MAIL, mail_gc, NULL);
   hiddenclass(L, ISOLATE_OUTPUT, output_gc, output_close);
   luaL_newlib(L, funcs);
+  lua_pushliteral(L, "isolate " ISOLATE_VERSION);
+  lua_setfield(L, -2, "_VERSION");	/* the Lua layer checks it is its own */
   errortype(L, ISOLATE_REMOTEERROR, "RemoteError", remote_tostring);
   errortype(L, ISOLATE_TIMEOUTERROR, "TimeoutError", timeout_tostring);
   luaL_getmetatable(L, ISOLATE_POOL);

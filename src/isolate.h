@@ -7,6 +7,10 @@
 
 #include "lua.h"
 
+/* the release: the core's _VERSION is "isolate " ISOLATE_VERSION, and the
+   Lua layer (lua/isolate/init.lua) refuses a core of another release */
+#define ISOLATE_VERSION		"0.1.0"
+
 /* deepest nesting of tables, functions and upvalues that one transfer takes */
 #if !defined(ISOLATE_MAXDEPTH)
 #define ISOLATE_MAXDEPTH	200
@@ -84,10 +88,13 @@
 ** it intercepts, which a Lua loop may never do: a build under it polls
 ** for a cancel with a count hook instead of signalling the thread (so it
 ** cannot have a caller run its own isolate, either; see pool.c).  Only
-** that build pays for it.
+** that build pays for it, and one on macOS, which has no real-time signal
+** to take for a cancel (pool.c).
 */
 #if !defined(ISOLATE_CANCEL_POLL)
 #if defined(__SANITIZE_THREAD__)
+#define ISOLATE_CANCEL_POLL	1
+#elif defined(__APPLE__) && !defined(ISOLATE_CANCEL_SIGNAL)
 #define ISOLATE_CANCEL_POLL	1
 #elif defined(__has_feature)
 #if __has_feature(thread_sanitizer)

@@ -2,7 +2,6 @@
 ** mailbox.c: bells that event loops poll, and the messages of a task
 ** (mailbox.h).
 */
-#define _GNU_SOURCE		/* pipe2 */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -42,8 +41,15 @@ int bell_fd (Bell *b) {
     if (fd < 0) return -1;
     b->rfd = b->wfd = fd;
 #else
-    int fds[2];
-    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return -1;
+    int fds[2], i;		/* (pipe2 is not everywhere: macOS) */
+    if (pipe(fds) != 0) return -1;
+    for (i = 0; i < 2; i++)
+      if (fcntl(fds[i], F_SETFD, FD_CLOEXEC) != 0 ||
+          fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK) != 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+      }
     b->rfd = fds[0];
     b->wfd = fds[1];
 #endif

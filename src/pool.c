@@ -27,7 +27,7 @@
 ** that take them.  A pool of one's own is counted by references (its
 ** handle, each task, each thread) and freed by the last.
 */
-#define _GNU_SOURCE		/* pthread_setname_np, pthread_getattr_np */
+#define _GNU_SOURCE		/* glibc: pthread_setname_np, pthread_getattr_np */
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -164,7 +164,7 @@ static unsigned long watch_runs;	/* callers' runs so far */
 /* the CPUs this process may run on (taskset, cgroup cpusets), or online */
 int pool_cpus (void) {
   long n;
-#if defined(CPU_COUNT)
+#if defined(__linux__) && defined(CPU_COUNT)
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
     return CPU_COUNT(&set);
@@ -182,9 +182,27 @@ static int job_ended (Job *j) {
   return isfinal(atomic_load_explicit(&j->status, memory_order_acquire));
 }
 
-/* the monotonic time 'ms' milliseconds from now (pthread_cond_timedwait) */
+/*
+** The clock of timed waits (pthread_cond_timedwait): the monotonic one,
+** for the condition variables made with cond_clock; macOS has no
+** pthread_condattr_setclock, and its waits take the real-time clock.
+*/
+#if defined(__APPLE__)
+#define WAIT_CLOCK	CLOCK_REALTIME
+#else
+#define WAIT_CLOCK	CLOCK_MONOTONIC
+#endif
+
+static void cond_clock (pthread_condattr_t *ca) {
+  pthread_condattr_init(ca);
+#if !defined(__APPLE__)
+  pthread_condattr_setclock(ca, WAIT_CLOCK);
+#endif
+}
+
+/* the time 'ms' milliseconds from now on WAIT_CLOCK (pthread_cond_timedwait) */
 static void deadline_in (struct timespec *t, long ms) {
-  clock_gettime(CLOCK_MONOTONIC, t);
+  clock_gettime(WAIT_CLOCK, t);
   t->tv_sec += ms / 1000;
   t->tv_nsec += (ms % 1000) * 1000000L;
   if (t->tv_nsec >= 1000000000L) {
@@ -237,8 +255,7 @@ Job *job_new (int depth, int listen) {
   pthread_condattr_t ca;
   int err;
   if (j == NULL) return NULL;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);	/* for pool_wait */
+  cond_clock(&ca);		/* for pool_wait */
   err = pthread_cond_init(&j->ended, &ca);
   if (err == 0 && (err = pthread_cond_init(&j->mailed, &ca)) != 0)
     pthread_cond_destroy(&j->ended);
@@ -328,8 +345,7 @@ Endset *endset_new (void) {
   pthread_condattr_t ca;
   if (s == NULL) return NULL;
   pthread_mutex_init(&s->mu, NULL);
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  cond_clock(&ca);
   pthread_cond_init(&s->cv, &ca);
   pthread_condattr_destroy(&ca);
   s->bell.rfd = s->bell.wfd = -1;
@@ -894,7 +910,13 @@ void pool_cancelall (Pool *p) {
 ** =======================================================
 */
 
+/*
+** The lowest address of the calling thread's stack, where the system
+** tells it (glibc's and musl's pthread_getattr_np; macOS gives the top and
+** the size); NULL: unknown.
+*/
 static const char *stack_low (void) {
+#if defined(__linux__)
   pthread_attr_t attr;
   void *addr = NULL;
   size_t size = 0;
@@ -903,6 +925,36 @@ static const char *stack_low (void) {
     pthread_attr_destroy(&attr);
   }
   return (const char *)addr;
+#elif defined(__APPLE__)
+  pthread_t t = pthread_self();
+  return (const char *)pthread_get_stackaddr_np(t) - pthread_get_stacksize_np(t);
+#else
+  return NULL;
+#endif
+}
+
+
+/*
+** Threads' names, where the system has them (the kernel keeps 15 bytes of
+** one).  macOS names only the calling thread: there, a thread that another
+** starts has none.
+*/
+static void name_thread (pthread_t t, const char *name) {
+#if defined(__linux__)
+  pthread_setname_np(t, name);
+#else
+  (void)t; (void)name;
+#endif
+}
+
+static void name_self (const char *name) {
+#if defined(__linux__)
+  pthread_setname_np(pthread_self(), name);
+#elif defined(__APPLE__)
+  pthread_setname_np(name);
+#else
+  (void)name;
+#endif
 }
 
 
@@ -959,7 +1011,7 @@ static int start_thread (Pool *p, void *(*fn) (void *), void *arg, int n) {
     char name[64];
     snprintf(name, sizeof(name), "%s/%d", p->name ? p->name : "isolate", n);
     name[15] = '\0';		/* the kernel keeps 15 bytes of a thread's name */
-    pthread_setname_np(t, name);
+    name_thread(t, name);
   }
   return ok;
 }
@@ -980,6 +1032,10 @@ static void begin (Worker *w, Pool *p) {
     }
   pthread_mutex_unlock(&p->mu);
   w->stacklow = stack_low();
+#if !defined(__linux__) && !defined(__APPLE__)
+  if (w->stacklow == NULL)	/* unknown: its size (detached) below here, less a margin */
+    w->stacklow = (const char *)__builtin_frame_address(0) - ISOLATE_STACK_SIZE + (64u << 10);
+#endif
   atomic_init(&w->shown, NULL);
   w->job = NULL;
   pthread_setspecific(worker_key, w);
@@ -1177,7 +1233,7 @@ static void *preparer (void *arg) {
   char name[64];
   snprintf(name, sizeof(name), "%s/prep", p->name ? p->name : "isolate");
   name[15] = '\0';
-  pthread_setname_np(pthread_self(), name);
+  name_self(name);
   begin(&w, p);
   batch_thread();
   pthread_mutex_lock(&p->mu);
@@ -1351,6 +1407,8 @@ static void fork_child (void) {
 }
 
 
+#if defined(ISOLATE_CANCEL_SIGNAL) || defined(SIGRTMIN)
+
 /* on a thread of a pool: the job that runs there was maybe cancelled */
 static void on_cancel_signal (int sig) {
   int saved = errno;
@@ -1365,37 +1423,46 @@ static void on_cancel_signal (int sig) {
 
 /*
 ** The cancel signal: the highest real-time signal that nobody handles
-** (ISOLATE_CANCEL_SIGNAL, if defined, is the one to take).  Without one,
-** a cancel is seen at the isolate's next check (state.c) only.
+** (ISOLATE_CANCEL_SIGNAL, if defined, is the one to take).  Without one
+** (a system without real-time signals, as macOS), a cancel is seen at the
+** isolate's next check (state.c) only.
 */
+static int take (int sig, const struct sigaction *sa) {
+  struct sigaction old;
+  if (sigaction(sig, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
+      old.sa_handler == SIG_DFL && sigaction(sig, sa, NULL) == 0) {
+    cancel_signal = sig;
+    return 1;
+  }
+  return 0;
+}
+
 static void take_signal (void) {
-  struct sigaction sa, old;
-  int sig;
+  struct sigaction sa;
   memset(&sa, 0, sizeof(sa));
   sa.sa_handler = on_cancel_signal;
   sigfillset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
-  for (sig = SIGRTMAX - 1; sig > SIGRTMIN + 2; sig--) {
 #if defined(ISOLATE_CANCEL_SIGNAL)
-    sig = ISOLATE_CANCEL_SIGNAL;
-#endif
-    if (sigaction(sig, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
-        old.sa_handler == SIG_DFL && sigaction(sig, &sa, NULL) == 0) {
-      cancel_signal = sig;
-      return;
-    }
-#if defined(ISOLATE_CANCEL_SIGNAL)
-    return;
-#endif
+  take(ISOLATE_CANCEL_SIGNAL, &sa);
+#else
+  {
+    int sig;
+    for (sig = SIGRTMAX - 1; sig > SIGRTMIN + 2; sig--)
+      if (take(sig, &sa)) return;
   }
+#endif
 }
+#else
+static void take_signal (void) {	/* (none) */
+}
+#endif
 
 
 static void init_once (void) {
   pthread_condattr_t ca;
   ncpus = pool_cpus();
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  cond_clock(&ca);
   pthread_cond_init(&ends_cv, &ca);
   pthread_condattr_destroy(&ca);
   pthread_key_create(&worker_key, NULL);
@@ -1476,8 +1543,7 @@ Pool *pool_new (int size, const char *name, size_t limit, Buffer *init) {
     free(p);
     return NULL;
   }
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);	/* for pool_close */
+  cond_clock(&ca);		/* for pool_close */
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->work, NULL);
   pthread_cond_init(&p->gone, &ca);
@@ -1774,7 +1840,7 @@ int pool_runhere (Pool *p, Job *j, lua_State *caller, lua_State *mainthread) {
     if (watchdog == 0) {
       pthread_t t;
       watchdog = detached(watch_thread, NULL, &t) ? 1 : -1;
-      if (watchdog > 0) pthread_setname_np(t, "isolate/watch");
+      if (watchdog > 0) name_thread(t, "isolate/watch");
     }
     pthread_mutex_unlock(&watch_mu);
   }

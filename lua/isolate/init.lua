@@ -1,7 +1,22 @@
 -- isolate: Dart's Isolate.run() for Lua 5.4.
 -- The Lua layer over the C core (isolate.core); API.md is the contract.
 
-local core = require "isolate.core"
+local VERSION = "isolate 0.1.0"
+
+-- A core of another release (a stale build or install earlier on
+-- package.cpath) is refused, named with where it was found.
+local core
+do
+  local where
+  core, where = require "isolate.core"
+  if core._VERSION ~= VERSION then
+    if type(where) ~= "string" then where = package.searchpath("isolate.core", package.cpath) end
+    error(string.format("isolate: the C core isolate.core (%s) is version %s, but the Lua module " ..
+      "is version %s: reinstall isolate (luarocks make)", tostring(where or "found by no path"),
+      type(core._VERSION) == "string" and core._VERSION:gsub("^isolate ", "") or "unknown",
+      (VERSION:gsub("^isolate ", ""))), 0)
+  end
+end
 
 local Task = core.Task
 
@@ -268,7 +283,7 @@ end
 
 
 local isolate = {
-  _VERSION = "isolate scm",
+  _VERSION = VERSION,
 
   -- One computation: run fn(...) in a fresh state on a worker thread and
   -- return its results, or raise its error as an isolate.RemoteError.
