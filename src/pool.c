@@ -200,9 +200,9 @@ static void cond_clock (pthread_condattr_t *ca) {
 #endif
 }
 
-/* the time 'ms' milliseconds from now on WAIT_CLOCK (pthread_cond_timedwait) */
-static void deadline_in (struct timespec *t, long ms) {
-  clock_gettime(WAIT_CLOCK, t);
+/* the time 'ms' milliseconds from now on 'clock' (pthread_cond_timedwait) */
+static void deadline_on (clockid_t clock, struct timespec *t, long ms) {
+  clock_gettime(clock, t);
   t->tv_sec += ms / 1000;
   t->tv_nsec += (ms % 1000) * 1000000L;
   if (t->tv_nsec >= 1000000000L) {
@@ -210,6 +210,9 @@ static void deadline_in (struct timespec *t, long ms) {
     t->tv_nsec -= 1000000000L;
   }
 }
+
+/* for the condition variables made with cond_clock */
+#define deadline_in(t,ms)	deadline_on(WAIT_CLOCK, t, ms)
 
 static int finished (Pool *p, Job *j);
 
@@ -591,7 +594,9 @@ void pool_closelater (Pool *p, lua_State *L) {
 void pool_closeall (Pool *p) {
   struct timespec deadline;
   lua_State *L;
-  deadline_in(&deadline, ISOLATE_CLOSE_MS);
+  /* (p->prepared is on the real-time clock: the default pool's is made
+     statically) */
+  deadline_on(CLOCK_REALTIME, &deadline, ISOLATE_CLOSE_MS);
   pthread_mutex_lock(&p->mu);
   for (;;) {
     if ((L = toclose(p)) != NULL) {
