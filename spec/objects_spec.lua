@@ -637,8 +637,11 @@ describe("objects that travel", function()
           assert.is_false(ok)
           assert.matches("^isolate: cannot decode", err)
         end
+        -- (under a tool, every 7th byte value: each decode is a
+        -- hundred times slower there, and the bytes are alike)
+        local stride = os.getenv("ISOLATE_SPEC_UNDER_TOOL") and 7 or 1
         for i = 6, #s do
-          for b = 0, 255 do
+          for b = 0, 255, stride do
             pcall(isolate.decode, s:sub(1, i - 1) .. string.char(b) .. s:sub(i + 1), {trusted = true})
           end
         end
