@@ -28,7 +28,7 @@
 --- Dart's `Isolate.run()` for Lua 5.4: run a Lua closure in a fresh
 --- `lua_State` on another OS thread and get its results back.
 ---@class isolate
----@field _VERSION string `"isolate scm"`.
+---@field _VERSION string `"isolate 0.1.0"`: the version of the Lua layer, which checks that the C core is the same.
 ---@field RemoteError metatable The metatable of every `isolate.RemoteError`: `getmetatable(err) == isolate.RemoteError`.
 ---@field TimeoutError metatable The metatable of every `isolate.TimeoutError`.
 local isolate = {}
