@@ -99,6 +99,10 @@ describe("isolate.captures(fn)", function()
       e["upvalue 'holder' > field 'obj'"])
     assert.is_nil(e["upvalue 'holder' > field 'obj' > field 'secret'"])
     assert.is_true(e["upvalue 'holder'"].ok)
+    local bad = setmetatable({}, {__isolate = "not a function"})
+    assert.same({{path = "upvalue 'bad'", type = "table", ok = false, by = "__isolate",
+                  why = "its __isolate is a string, which cannot be called"}},
+      isolate.captures(function() return bad end))
   end)
 
   it("shows tables bound by name (modules, the globals table) without looking inside", function()
@@ -107,7 +111,7 @@ describe("isolate.captures(fn)", function()
       "=chunk", "t", G)(package.loaded.string))
     assert.same({path = "upvalue 'json_like'", type = "table", bytes = size(string), ok = true,
                  by = "name 'string'"}, e["upvalue 'json_like'"])
-    assert.equal("name '_G'", e["upvalue '_ENV'"].by)
+    assert.same({path = "upvalue '_ENV'", type = "table", ok = true, bytes = 1, by = "globals"}, e["upvalue '_ENV'"])
     local n = 0
     for _ in pairs(e) do n = n + 1 end
     assert.equal(2, n)
@@ -282,5 +286,90 @@ work()
     assert.equal(1, r.code, r.report)
     assert.matches("deep failure\nremote stack traceback:\n", r.stderr, 1, true)
     assert.matches("caller's stack traceback:\n.*:3: in .*work.*\n.*:6: in main chunk", r.stderr)
+  end)
+end)
+
+describe("hostile uses of the diagnostics", function()
+  it("captures: a sandbox _ENV is not carried, a shared upvalue is listed once", function()
+    local sandbox = {co = coroutine.create(print)}
+    local f = load("return function() return co end", "=chunk", "t", sandbox)()
+    assert.same({{path = "upvalue '_ENV'", type = "table", ok = true, bytes = 1, by = "globals"}},
+      isolate.captures(f))
+    local big = ("x"):rep(1000)
+    local function a() return big end
+    local function b() return big end
+    local list = isolate.captures(function() return a(), b() end)
+    local n = 0
+    for _, e in ipairs(list) do if e.path:find("'big'") then n = n + 1 end end
+    assert.equal(1, n)
+  end)
+
+  it("captures: odd package.loaded keys, a captured RemoteError, a deep chain", function()
+    local odd = {}
+    package.loaded[odd] = {}
+    package.loaded[true] = {}
+    local ok, list = pcall(isolate.captures, function() return odd end)
+    package.loaded[odd], package.loaded[true] = nil, nil
+    assert.is_true(ok, list)
+    local err = remote(isolate.run, function() error("x") end)
+    for _, e in ipairs(isolate.captures(function() return err end)) do
+      assert.is_true(e.ok, e.path .. ": " .. tostring(e.why))
+    end
+    local chain = {}
+    for _ = 1, 5000 do chain = {next = chain} end
+    list = isolate.captures(function() return chain end)
+    assert.is_true(#list <= 201, #list .. " entries")
+    assert.equal("value nested too deeply (more than 200 levels) (at field 'next' > field 'next' > field 'next' > ... > field 'next' > field 'next' > field 'next' > field 'next')",
+      list[1].why)
+  end)
+
+  it("captures: without the debug global, and says got nil for nil", function()
+    local saved = G.debug
+    G.debug = nil
+    local ok, list = pcall(isolate.captures, function() return saved end)
+    G.debug = saved
+    assert.is_true(ok, list)
+    assert.has_error(function() isolate.captures(nil) end,
+      "bad argument #1 to 'captures' (function expected, got nil)")
+  end)
+
+  it("__concat: called directly, and with what is no string", function()
+    local err = remote(isolate.run, function() error("x") end)
+    local concat = getmetatable(err).__concat
+    assert.has_error(function() concat() end, "attempt to concatenate a nil value")
+    assert.equal("x", ("x"):rep(1))   -- the state is sound
+    assert.has_error(function() return err .. nil end, "attempt to concatenate a nil value")
+    assert.has_error(function() return {} .. err end, "attempt to concatenate a table value")
+  end)
+
+  it("caller: not set by result(), which raises nothing; a __newindex on the error is not called", function()
+    local task = isolate.spawn(function() error("x") end)
+    local ok, err = task:result()
+    assert.is_false(ok)
+    assert.is_nil(err.caller)
+    local mt = isolate.RemoteError
+    mt.__newindex = function() error("__newindex ran") end
+    local ok2, err2 = pcall(isolate.run, function() error("y") end)
+    mt.__newindex = nil
+    assert.is_false(ok2)
+    assert.equal(isolate.RemoteError, getmetatable(err2))
+    assert.is_string(err2.caller)
+  end)
+
+  it("hint: a local _ENV of the caller, a long name, a message with a NUL", function()
+    local long = ("n"):rep(100)
+    local env = {isolate = isolate, [long] = 1}
+    local f = load("local _ENV = {isolate = isolate, cube = 1} return isolate.run(function() return cube() end)",
+      "=chunk", "t", env)
+    local ok, err = pcall(f)
+    assert.is_false(ok)
+    assert.matches("hint: 'cube' is a global in the caller", err.message, 1, true)
+    f = load("return isolate.run(function() return " .. long .. "() end)", "=chunk", "t", env)
+    ok, err = pcall(f)
+    assert.matches("hint: '" .. long .. "' is a global", err.message, 1, true)
+    G.square = 1
+    err = remote(isolate.run, function() error("(global 'square') a\0b", 0) end)
+    G.square = nil
+    assert.equal("(global 'square') a\0b\nhint:", err.message:sub(1, 27))
   end)
 end)

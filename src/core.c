@@ -580,8 +580,9 @@ static Output *output (lua_State *L, int ti, double timeout, int raise, int canc
 */
 static int raise_remote (lua_State *L) {
   if (lua_istable(L, -1)) {
+    lua_pushliteral(L, "caller");
     luaL_traceback(L, L, NULL, 1);
-    lua_setfield(L, -2, "caller");
+    lua_rawset(L, -3);
   }
   return lua_error(L);
 }
@@ -705,6 +706,11 @@ static int task_result (lua_State *L) {
   lua_pushcfunction(L, task_await);
   lua_insert(L, 1);
   if (lua_pcall(L, 1, LUA_MULTRET, 0) != LUA_OK) {
+    if (lua_istable(L, -1)) {	/* returned, not raised: no 'caller' */
+      lua_pushliteral(L, "caller");
+      lua_pushnil(L);
+      lua_rawset(L, -3);
+    }
     lua_pushboolean(L, 0);
     lua_insert(L, -2);
     return 2;
@@ -1704,15 +1710,35 @@ static int remote_tostring (lua_State *L) {
 }
 
 
-/* a .. b where a or b is an error: its tostring joined, as for a string */
+/* is the value at 'idx' a RemoteError or a TimeoutError? */
+static int iserror (lua_State *L, int idx) {
+  static const char *const types[] = {ISOLATE_REMOTEERROR, ISOLATE_TIMEOUTERROR};
+  int i, is = 0;
+  if (lua_type(L, idx) != LUA_TTABLE || !lua_getmetatable(L, idx)) return 0;
+  for (i = 0; i < 2 && !is; i++) {
+    luaL_getmetatable(L, types[i]);
+    is = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return is;
+}
+
+
+/*
+** a .. b where a or b is an error: its tostring joined, as for a string;
+** any other operand that is no string or number raises Lua's own error
+*/
 static int error_concat (lua_State *L) {
   int i;
-  for (i = 1; i <= 2; i++)
-    if (!lua_isstring(L, i)) {
-      luaL_tolstring(L, i, NULL);
-      lua_replace(L, i);
-    }
   lua_settop(L, 2);
+  for (i = 1; i <= 2; i++) {
+    if (lua_isstring(L, i)) continue;
+    if (!iserror(L, i))
+      return luaL_error(L, "attempt to concatenate a %s value", luaL_typename(L, i));
+    luaL_tolstring(L, i, NULL);
+    lua_replace(L, i);
+  }
   lua_concat(L, 2);
   return 1;
 }

@@ -212,27 +212,34 @@ static int decode_value (lua_State *L) {
 ** through __index tables (an environment that falls back on _G), so that
 ** no Lua code runs.
 */
-static int callerhas (lua_State *L, const char *name) {
+static int callerhas (lua_State *L, const char *name, size_t len) {
   lua_Debug ar;
   int i, found = 0, top = lua_gettop(L);
   const char *up;
+  isolate_checkstack(L, 8);
   lua_pushnil(L);		/* the caller's _ENV, if it has one */
-  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "f", &ar)) {
-    for (i = 1; (up = lua_getupvalue(L, -1, i)) != NULL; i++) {
-      if (strcmp(up, "_ENV") == 0) {
-        lua_replace(L, top + 1);
-        break;
-      }
-      lua_pop(L, 1);
+  if (lua_getstack(L, 1, &ar)) {
+    for (i = 1; (up = lua_getlocal(L, &ar, i)) != NULL; i++) {
+      if (strcmp(up, "_ENV") == 0) lua_replace(L, top + 1);	/* the last one */
+      else lua_pop(L, 1);
     }
-    lua_pop(L, 1);		/* the function */
+    if (lua_isnil(L, top + 1) && lua_getinfo(L, "f", &ar)) {
+      for (i = 1; (up = lua_getupvalue(L, -1, i)) != NULL; i++) {
+        if (strcmp(up, "_ENV") == 0) {
+          lua_replace(L, top + 1);
+          break;
+        }
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 1);		/* the function */
+    }
   }
   if (!lua_istable(L, top + 1)) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
     lua_replace(L, top + 1);
   }
   for (i = 0; i < 16 && lua_istable(L, -1); i++) {	/* a bounded chain */
-    lua_pushstring(L, name);
+    lua_pushlstring(L, name, len);
     if (lua_rawget(L, -2) != LUA_TNIL) {
       found = 1;
       break;
@@ -255,7 +262,6 @@ static int callerhas (lua_State *L, const char *name) {
 */
 static void hint_global (lua_State *L, int err) {
   const char *msg, *at, *end;
-  char name[64];
   size_t len;
   lua_getfield(L, err, "kind");
   if (strcmp(lua_tostring(L, -1), "error") != 0) {
@@ -271,16 +277,16 @@ static void hint_global (lua_State *L, int err) {
   at += 9;
   end = strchr(at, '\'');
   len = end != NULL ? (size_t)(end - at) : 0;
-  if (len > 0 && len < sizeof(name)) {
-    memcpy(name, at, len);
-    name[len] = '\0';
-    if (callerhas(L, name)) {
-      lua_pushfstring(L, "%s\nhint: '%s' is a global in the caller, but globals do not "
-                      "travel: capture it as a local upvalue (local %s = %s, "
-                      "above the function)",
-                      msg, name, name, name);
-      lua_setfield(L, err, "message");
-    }
+  if (len > 0 && callerhas(L, at, len)) {
+    lua_pushlstring(L, at, len);
+    lua_pushvalue(L, -2);	/* the message, NULs and all */
+    lua_pushfstring(L, "\nhint: '%s' is a global in the caller, but globals do not "
+                    "travel: capture it as a local upvalue (local %s = %s, "
+                    "above the function)", lua_tostring(L, -2), lua_tostring(L, -2),
+                    lua_tostring(L, -2));
+    lua_concat(L, 2);
+    lua_setfield(L, err, "message");
+    lua_pop(L, 1);		/* the name */
   }
   lua_pop(L, 2);
 }

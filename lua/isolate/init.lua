@@ -19,6 +19,7 @@ do
 end
 
 local Task = core.Task
+local debuglib = package.loaded.debug or debug   -- (a script may drop the global)
 
 local function argerror(n, fname, msg, level)
   error(string.format("bad argument #%d to '%s' (%s)", n, fname, msg), level + 1)
@@ -142,7 +143,7 @@ local function map(pool, fn, list, opts)
     error(err, 0)
   end
   if failed then
-    if debug then failed.caller = debug.traceback(nil, 2) end   -- the call of map
+    if debuglib then rawset(failed, "caller", debuglib.traceback(nil, 2)) end   -- the call of map
     error(failed, 0)
   end
   return out
@@ -165,6 +166,7 @@ end
 
 local scalar = {["nil"] = true, boolean = true, number = true, string = true}
 local MAXINSIDE = 32            -- a table with more inside lists what fails only
+local MAXDEPTH = 200            -- ISOLATE_MAXDEPTH of the core: no deeper walk
 
 -- What fn would carry: an entry per upvalue (of fn and of the Lua
 -- functions it carries) and per table, function or userdata inside a
@@ -173,14 +175,26 @@ local MAXINSIDE = 32            -- a table with more inside lists what fails onl
 -- values inside lists only those that cannot travel.  Nothing runs: no
 -- __isolate either (an object's entry has no size; the tables around it
 -- count it as nil).
-local function captures(fn)
+local function captures(...)
+  local fn = ...
   if type(fn) ~= "function" then
-    argerror(1, "captures", "function expected, got " .. (fn == nil and "no value" or type(fn)), 2)
+    argerror(1, "captures", "function expected, got "
+      .. (select("#", ...) == 0 and "no value" or type(fn)), 2)
   end
-  local getmt = debug and debug.getmetatable or getmetatable
-  local list, seen, modules = {}, {}, {}
-  for name, m in pairs(package.loaded) do
-    if type(m) == "table" then modules[m] = name end
+  if not debuglib then error("isolate.captures needs the debug library", 2) end
+  local getinfo, getupvalue, upvalueid = debuglib.getinfo, debuglib.getupvalue, debuglib.upvalueid
+  local getmt = debuglib.getmetatable
+  local list, seen, cells = {}, {}, {}
+  -- the tables that travel by name, as the encoder names them
+  local modules = {[core.RemoteError] = "isolate.core.RemoteError",
+                   [core.TimeoutError] = "isolate.core.TimeoutError"}
+  local loaded = rawget(debuglib.getregistry(), "_LOADED")
+  if type(loaded) == "table" then
+    for name, m in next, loaded do
+      if type(m) == "table" and type(name) == "string" and name ~= "" and not name:find("\0", 1, true) then
+        modules[m] = name
+      end
+    end
   end
   local walk
 
@@ -194,16 +208,26 @@ local function captures(fn)
     return e
   end
 
-  local function upvalues(path, f)
+  -- each upvalue cell once: closures that share one carry it once
+  local function upvalues(path, f, depth)
     for i = 1, math.huge do
-      local name, v = debug.getupvalue(f, i)
+      local name, v = getupvalue(f, i)
       if name == nil then break end
-      walk(path .. "upvalue '" .. (name == "" and "?" or name) .. "'", v, true)
+      local id = upvalueid(f, i)
+      if not cells[id] then
+        cells[id] = true
+        local at = path .. "upvalue '" .. (name == "" and "?" or name) .. "'"
+        if name == "_ENV" then    -- always the other side's globals
+          list[#list + 1] = {path = at, type = type(v), ok = true, bytes = 1, by = "globals"}
+        else
+          walk(at, v, true, depth)
+        end
+      end
     end
   end
 
   -- 'always': an entry even for a scalar (an upvalue)
-  walk = function(path, v, always)
+  walk = function(path, v, always, depth)
     local t = type(v)
     if scalar[t] then
       if always then add(path, v) end
@@ -212,13 +236,19 @@ local function captures(fn)
     if seen[v] then return end
     seen[v] = true
     local e = add(path, v)
+    if modules[v] then e.by = "name '" .. modules[v] .. "'" return end
     local mt = (t == "table" or t == "userdata") and getmt(v)
-    if type(mt) == "table" and rawget(mt, "__isolate") then
+    local iso = type(mt) == "table" and rawget(mt, "__isolate")
+    if iso then
       e.bytes, e.by = nil, "__isolate"
+      local imt = getmt(iso)
+      if type(iso) ~= "function" and not (type(imt) == "table" and rawget(imt, "__call")) then
+        e.ok, e.why = false, "its __isolate is a " .. type(iso) .. ", which cannot be called"
+      end
       return
     end
+    if depth >= MAXDEPTH then return end      -- (the encoder refuses deeper)
     if t == "table" then
-      if modules[v] then e.by = "name '" .. modules[v] .. "'" return end
       local inside, keys = {}, 0  -- path, value: what is not a scalar
       for k, x in next, v do
         if not scalar[type(k)] then
@@ -230,22 +260,22 @@ local function captures(fn)
       end
       if mt then inside[#inside + 1] = path .. " > metatable"; inside[#inside + 1] = mt end
       if #inside <= 2 * MAXINSIDE then
-        for i = 1, #inside, 2 do walk(inside[i], inside[i + 1]) end
+        for i = 1, #inside, 2 do walk(inside[i], inside[i + 1], false, depth + 1) end
       elseif not e.ok then      -- a big table: only what cannot travel
         for i = 1, #inside, 2 do
-          if not pcall(core.measure, inside[i + 1]) then walk(inside[i], inside[i + 1]) end
+          if not pcall(core.measure, inside[i + 1]) then walk(inside[i], inside[i + 1], false, depth + 1) end
         end
       end
     elseif t == "function" then
-      if debug.getinfo(v, "S").what == "C" then
+      if getinfo(v, "S").what == "C" then
         if e.ok then e.by = "name" end
       else
-        upvalues(path .. " > ", v)
+        upvalues(path .. " > ", v, depth + 1)
       end
     end
   end
 
-  if debug.getinfo(fn, "S").what == "C" then
+  if getinfo(fn, "S").what == "C" then
     local ok, err = pcall(core.measure, fn)
     if not ok then
       list[1] = {path = "function", type = "function", ok = false,
@@ -254,7 +284,7 @@ local function captures(fn)
     return list
   end
   seen[fn] = true
-  upvalues("", fn)
+  upvalues("", fn, 1)
   return list
 end
 
