@@ -47,6 +47,9 @@ build = {
          libraries = { "pthread" },
       },
    },
+   -- the reference and the LuaCATS annotations go with the rock
+   -- (luarocks show --rock-dir isolate)
+   copy_directories = { "docs", "types" },
 }
 
 -- `luarocks test` in a checkout: the specs, as `make test` runs them, with

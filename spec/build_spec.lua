@@ -82,7 +82,28 @@ describe("_VERSION", function()
     package.loaded.isolate, package.loaded["isolate.core"] = loaded, loaded_core
     assert.is_false(ok)
     assert.equal("isolate: the C core isolate.core (" .. package.searchpath("isolate.core", package.cpath) ..
-      ") is version 0.0.9, but the Lua module is version 0.1.0: reinstall isolate (luarocks make)", err)
+      ') is version "0.0.9", but the Lua module is version "0.1.0": reinstall isolate (luarocks make)', err)
+    -- a core that says where it was loaded from is named so, whatever the paths find now
+    package.loaded.isolate = nil
+    package.loaded["isolate.core"] = {_VERSION = "isolate 0.1.0 ", _FILE = "/old/core.so"}
+    ok, err = pcall(require, "isolate")
+    package.loaded.isolate, package.loaded["isolate.core"] = loaded, loaded_core
+    assert.equal('isolate: the C core isolate.core (/old/core.so) is version "0.1.0 ", '
+      .. 'but the Lua module is version "0.1.0": reinstall isolate (luarocks make)', err)
+    -- what is no table at all
+    for _, garbage in ipairs({42, true, print}) do
+      package.loaded.isolate = nil
+      package.loaded["isolate.core"] = garbage
+      ok, err = pcall(require, "isolate")
+      package.loaded.isolate, package.loaded["isolate.core"] = loaded, loaded_core
+      assert.matches('^isolate: the C core isolate.core %(.*%) is version unknown, but the Lua module '
+        .. 'is version "0.1.0"', err)
+    end
+  end)
+
+  it("knows the file it was loaded from", function()
+    local core = require "isolate.core"
+    assert.equal(package.searchpath("isolate.core", package.cpath), core._FILE:gsub("^%./", ""))
   end)
 
   it("of a core found first by another loader makes a fresh process's require 'isolate' fail", function()
@@ -98,6 +119,6 @@ io.write(tostring(ok), "\n", err, "\n")
     os.remove(script)
     assert.equal(0, r.code, r.report)
     assert.equal("false\nisolate: the C core isolate.core (:preload:) is version unknown, " ..
-      "but the Lua module is version 0.1.0: reinstall isolate (luarocks make)\n", r.stdout)
+      'but the Lua module is version "0.1.0": reinstall isolate (luarocks make)\n', r.stdout)
   end)
 end)

@@ -71,6 +71,30 @@ local function cancels(task)
 end
 
 describe("task:cancel()", function()
+  it("stops a running loop when the process had no real-time signal left: the isolate polls (subprocess)", function()
+    local sub = dofile("spec/subprocess.lua")
+    if sub.sanitized() then
+      pending("LD_PRELOAD holds the sanitizer's runtime; a TSan build polls anyway")
+      return
+    end
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+local isolate = require "isolate"
+local task = isolate.spawn(function() while true do end end)
+os.execute("sleep 0.3")                 -- (it is in the loop by then)
+assert(task:status() == "running")
+io.write(tostring(task:cancel()), " ", tostring(task:wait(5)), " ", task:status(), "\n")
+io.stdout:flush()
+os.exit(0)
+]])
+    f:close()
+    local r = sub.run(script, {}, {timeout = 20, preload = "build/spec/rtsig.so"})
+    os.remove(script)
+    assert.equal(0, r.code, r.report)
+    assert.equal("true true cancelled\n", r.stdout)
+  end)
+
   it("stops `while true do end` within 5 s: await raises a RemoteError of kind cancelled", function()
     endless_allowed()
     local task = isolate.spawn(function() while true do end end)

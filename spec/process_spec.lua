@@ -59,6 +59,15 @@ describe("a forked process", function()
   end)
 end)
 
+describe("a process forked while a worker waits for task ends (isolate.completed)", function()
+  it("waits for ends of its own in the child: no waiter of the parent is left there", function()
+    if asan_fork() then return end
+    local r = sub.run("spec/scenario/forkwaits.lua", {}, {timeout = 30})
+    assert.equal(0, r.code, r.report)
+    assert.equal("child: true nil\nparent: child exited 0\nparent: waited\n", r.stdout)
+  end)
+end)
+
 describe("a process forked with a pool of its own", function()
   local function verdicts(mode)
     local r = sub.run("spec/scenario/poolfork.lua", {mode}, {timeout = 30})

@@ -71,13 +71,15 @@ caller reads (p.out), its stderr in a file.  Options:
   flags        a list of options for the interpreter, before the script
                (lua.c's, such as "-W"; the spec host takes none)
   ulimit_v     a limit on address space, in KiB (ulimit -v)
+  preload      a shared library for LD_PRELOAD (plain runs only: a
+               sanitizer's runtime must come first)
 ]]
 function M.start(script, args, opts)
   opts = opts or {}
   local errfile = os.tmpname()
-  local cmd = string.format("%senv %s LUA_PATH_5_4=%s LUA_CPATH_5_4=%s timeout -k 2 %s %s",
+  local cmd = string.format("%senv %s %s LUA_PATH_5_4=%s LUA_CPATH_5_4=%s timeout -k 2 %s %s",
     opts.ulimit_v and ("ulimit -v " .. math.tointeger(opts.ulimit_v) .. " && ") or "",
-    sanitizer_env(), quote(M.path), quote(M.cpath),
+    sanitizer_env(), opts.preload and ("LD_PRELOAD=" .. quote(opts.preload)) or "", quote(M.path), quote(M.cpath),
     tostring(opts.timeout or 20), quote(opts.interpreter or M.interpreter()))
   for _, flag in ipairs(opts.flags or {}) do cmd = cmd .. " " .. quote(flag) end
   cmd = cmd .. " " .. quote(script)

@@ -1405,7 +1405,7 @@ static int l_pool (lua_State *L) {
   if (option(L, "memory_limit", LUA_TNUMBER, "a number of bytes")) {
     lua_Number m = lua_tonumber(L, -1);
     if (!(m >= 1) || m > 0x1p62)
-      return luaL_error(L, "bad argument #1 to 'pool' (memory_limit must be a number of bytes > 0)");
+      return luaL_error(L, "bad argument #1 to 'pool' (memory_limit must be a number of bytes >= 1)");
     limit = (size_t)m;
   }
   if (option(L, "name", LUA_TSTRING, "a string")) {
@@ -1768,6 +1768,14 @@ static void pin_library (void) {
 }
 
 
+/* the file this library was loaded from, or nil (the version check) */
+static void pushfile (lua_State *L) {
+  Dl_info info;
+  if (dladdr(&anchor, &info) && info.dli_fname != NULL) lua_pushstring(L, info.dli_fname);
+  else lua_pushnil(L);
+}
+
+
 static const luaL_Reg task_methods[] = {
   {"pollfd", task_pollfd},
   {"events", pollable_events},
@@ -1916,6 +1924,8 @@ int luaopen_isolate_core (lua_State *L) {
   luaL_newlib(L, funcs);
   lua_pushliteral(L, "isolate " ISOLATE_VERSION);
   lua_setfield(L, -2, "_VERSION");	/* the Lua layer checks it is its own */
+  pushfile(L);
+  lua_setfield(L, -2, "_FILE");		/* and names the file if not */
   errortype(L, ISOLATE_REMOTEERROR, "RemoteError", remote_tostring);
   errortype(L, ISOLATE_TIMEOUTERROR, "TimeoutError", timeout_tostring);
   luaL_getmetatable(L, ISOLATE_POOL);

@@ -1382,7 +1382,12 @@ static void orphan_pool (Pool *p) {
   p->sleeping = 0;
   p->threads = 0;
   pthread_cond_init(&p->work, NULL);	/* its waiters were the parent's */
-  pthread_cond_init(&p->gone, NULL);
+  {
+    pthread_condattr_t ca;	/* on WAIT_CLOCK, as pool_new makes it */
+    cond_clock(&ca);
+    pthread_cond_init(&p->gone, &ca);
+    pthread_condattr_destroy(&ca);
+  }
   pthread_cond_init(&p->prep, NULL);
   pthread_cond_init(&p->prepared, NULL);
   p->preparing = 0;
@@ -1403,6 +1408,12 @@ static void fork_child (void) {
   pthread_mutex_init(&pools_mu, NULL);
   pthread_mutex_init(&start_mu, NULL);
   pthread_mutex_init(&ends_mu, NULL);
+  {
+    pthread_condattr_t ca;	/* its waiters were the parent's */
+    cond_clock(&ca);
+    pthread_cond_init(&ends_cv, &ca);
+    pthread_condattr_destroy(&ca);
+  }
   atomic_store(&ends_waiters, 0);
   pthread_mutex_init(&watch_mu, NULL);	/* the watchdog was the parent's */
   pthread_cond_init(&watch_cv, NULL);
@@ -1462,6 +1473,11 @@ static void take_signal (void) {
 static void take_signal (void) {	/* (none) */
 }
 #endif
+
+
+int pool_cansignal (void) {
+  return cancel_signal != 0;
+}
 
 
 static void init_once (void) {

@@ -34,6 +34,9 @@ typedef struct PoolStats {
 Pool *pool_default (void);
 int pool_cpus (void);
 
+/* whether a running job is stopped by a signal (else it polls: state.c) */
+int pool_cansignal (void);
+
 /*
 ** A pool of its own: 'size' threads named after 'name' (NULL: none, else
 ** copied), each isolate's heap capped at 'limit' bytes (0: no cap), 'init'

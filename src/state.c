@@ -453,14 +453,19 @@ void state_checkcancel (lua_State *L) {
 ** lua_sethook may be called there (ldebug.c says under which
 ** assumptions); nothing else here but loads.
 */
-/* see isolate.h: a build under ThreadSanitizer polls with a count hook */
-#if defined(ISOLATE_CANCEL_POLL)
+/*
+** see isolate.h: a build under ThreadSanitizer polls with a count hook;
+** so does any build when the process had no real-time signal left for
+** the cancel (pool.c), or a cancel would never stop a Lua loop
+*/
 static void poll_hook (lua_State *L, lua_Debug *ar) {
   if (cancelled(current(L))) cancel_hook(L, ar);
 }
+#if defined(ISOLATE_CANCEL_POLL)
 #define pollcancel(L)	lua_sethook(L, poll_hook, LUA_MASKCOUNT, 1000)
 #else
-#define pollcancel(L)	((void)0)
+#define pollcancel(L)	\
+  (pool_cansignal() ? (void)0 : lua_sethook(L, poll_hook, LUA_MASKCOUNT, 1000))
 #endif
 
 

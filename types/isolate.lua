@@ -185,7 +185,7 @@ function isolate.cpus() end
 ---@field bytes? integer Its encoded size; `nil` if it cannot travel, and for an `__isolate` object.
 ---@field ok boolean Whether it can travel.
 ---@field why? string Why it cannot travel.
----@field by? string How it travels without a copy: `name 'string'`, `name`, `__isolate`.
+---@field by? string How it travels without a copy: `name 'string'`, `name`, `__isolate`, `globals` (an `_ENV` upvalue).
 
 --- What `fn` would carry to an isolate (its upvalues, by value, through
 --- tables and functions), with paths, types and encoded sizes, and what

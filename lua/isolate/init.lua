@@ -9,11 +9,15 @@ local core
 do
   local where
   core, where = require "isolate.core"
-  if core._VERSION ~= VERSION then
-    if type(where) ~= "string" then where = package.searchpath("isolate.core", package.cpath) end
+  local version = type(core) == "table" and rawget(core, "_VERSION")
+  if version ~= VERSION then
+    -- the file it came from: its own word, else what require found
+    where = type(core) == "table" and type(rawget(core, "_FILE")) == "string" and core._FILE
+      or type(where) == "string" and where
+      or package.searchpath("isolate.core", package.cpath)
     error(string.format("isolate: the C core isolate.core (%s) is version %s, but the Lua module " ..
-      "is version %s: reinstall isolate (luarocks make)", tostring(where or "found by no path"),
-      type(core._VERSION) == "string" and core._VERSION:gsub("^isolate ", "") or "unknown",
+      "is version %q: reinstall isolate (luarocks make)", tostring(where or "found by no path"),
+      type(version) == "string" and string.format("%q", (version:gsub("^isolate ", ""))) or "unknown",
       (VERSION:gsub("^isolate ", ""))), 0)
   end
 end
