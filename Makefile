@@ -106,10 +106,10 @@ $(BUILD)/tsan/host: spec/host.c
 # and past that every allocation crawls (the property spec alone took over
 # ten minutes).  So a tenth of the property cases, as under valgrind: they
 # are the codec on one thread, which the plain run and ASan cover whole.
-# A process per spec file: in one long process, clang 14's TSan runtime
-# crashed now and then in its own trace bookkeeping after many threads
-# had come and gone (a SEGV in __tsan::TraceSwitchPartImpl, twice, at
-# different specs), and then hung.
+# A process per spec file, each with a ceiling: a crash or a hang fails
+# that file only, and no file inherits another's damage (a nest deeper
+# than TSan's shadow stack once crashed its runtime two files later, and
+# the report then hung; see ISOLATE_CLOSE_NEST in src/isolate.h).
 tsan: $(BUILD)/tsan/isolate/core.so $(BUILD)/tsan/host $(SPEC_POSIX) $(SPEC_COBJECT) $(SPEC_RTSIG)
 	$(call specs_each,ISOLATE_SPEC_UNDER_TOOL=1 ISOLATE_PROPERTY_SCALE=0.1 TSAN_OPTIONS=halt_on_error=1 \
 		$(BUILD)/tsan/host,--cpath="$(BUILD)/tsan/?.so")

@@ -70,6 +70,27 @@
 #define ISOLATE_CLOSE_STACK	(256u << 10)
 #endif
 
+/*
+** How deep coroutines that close each other may nest on a thread, as well
+** (0: as deep as the C stack allows).  ThreadSanitizer keeps a shadow
+** stack of 64K frames per thread, which it does not check: past it, a
+** deep nest overwrote TSan's own memory, and its runtime crashed later,
+** elsewhere (a SEGV in __tsan::TraceSwitchPartImpl).  A build under it
+** stops at 1000.
+*/
+#if !defined(ISOLATE_CLOSE_NEST)
+#if defined(__SANITIZE_THREAD__)
+#define ISOLATE_CLOSE_NEST	1000
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ISOLATE_CLOSE_NEST	1000
+#endif
+#endif
+#endif
+#if !defined(ISOLATE_CLOSE_NEST)
+#define ISOLATE_CLOSE_NEST	0
+#endif
+
 /* deepest nesting of isolates: one started from inside another, and so on */
 #if !defined(ISOLATE_MAXNESTING)
 #define ISOLATE_MAXNESTING	200

@@ -551,20 +551,25 @@ static int isolate_xpcall (lua_State *L) {
 */
 
 /* the error on top killed 'co': close its to-be-closed variables */
+static _Thread_local int closing;	/* closethread calls under way here */
+
 static int closethread (lua_State *L, lua_State *co) {
   Isolate *iso = current(L);
   lua_State *outer = iso->running;
   int status;
   /* Lua 5.4.4 counts no C calls for a __close that closes a coroutine
      whose __close closes another...: the thread's stack would overflow */
-  if (pool_stackleft() < ISOLATE_CLOSE_STACK)
+  if (pool_stackleft() < ISOLATE_CLOSE_STACK ||
+      (ISOLATE_CLOSE_NEST > 0 && closing >= ISOLATE_CLOSE_NEST))
     luaL_error(L, "C stack overflow (coroutines closing each other)");
   iso->running = co;		/* its __close functions run there */
+  closing++;			/* (lua_closethread catches every error) */
 #if LUA_VERSION_RELEASE_NUM >= 50406
   status = lua_closethread(co, L);
 #else
   status = lua_resetthread(co);
 #endif
+  closing--;
   iso->running = outer;
   return status;
 }
