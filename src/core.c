@@ -1761,18 +1761,15 @@ static int timeout_tostring (lua_State *L) {
 */
 static const char anchor = 0;	/* any address inside this library */
 
-static void pin_library (void) {
+/* the file this library was loaded from, or NULL */
+static const char *libfile (void) {
   Dl_info info;
-  if (dladdr(&anchor, &info) && info.dli_fname != NULL)
-    dlopen(info.dli_fname, RTLD_NOW | RTLD_NODELETE);
+  return dladdr(&anchor, &info) ? info.dli_fname : NULL;
 }
 
-
-/* the file this library was loaded from, or nil (the version check) */
-static void pushfile (lua_State *L) {
-  Dl_info info;
-  if (dladdr(&anchor, &info) && info.dli_fname != NULL) lua_pushstring(L, info.dli_fname);
-  else lua_pushnil(L);
+static void pin_library (void) {
+  const char *file = libfile();
+  if (file != NULL) dlopen(file, RTLD_NOW | RTLD_NODELETE);
 }
 
 
@@ -1924,7 +1921,7 @@ int luaopen_isolate_core (lua_State *L) {
   luaL_newlib(L, funcs);
   lua_pushliteral(L, "isolate " ISOLATE_VERSION);
   lua_setfield(L, -2, "_VERSION");	/* the Lua layer checks it is its own */
-  pushfile(L);
+  lua_pushstring(L, libfile());	/* (NULL: nil) */
   lua_setfield(L, -2, "_FILE");		/* and names the file if not */
   errortype(L, ISOLATE_REMOTEERROR, "RemoteError", remote_tostring);
   errortype(L, ISOLATE_TIMEOUTERROR, "TimeoutError", timeout_tostring);
