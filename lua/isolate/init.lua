@@ -1,5 +1,5 @@
 -- isolate: Dart's Isolate.run() for Lua 5.4.
--- The Lua layer over the C core (isolate.core); API.md is the contract.
+-- The Lua layer over the C core (isolate.core); docs/reference.md is the API.
 
 local VERSION = "isolate 0.1.0"
 
