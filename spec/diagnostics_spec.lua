@@ -272,6 +272,21 @@ describe("a RemoteError", function()
     assert.not_matches("isolate/init.lua", err.caller)
   end)
 
+  it("of isolate.all and of the adapters' await holds the user's line first", function()
+    local task = isolate.spawn(function() error("boom") end)
+    local function viaall() local r = isolate.all({task}) return r end
+    local err = remote(viaall)
+    assert.matches("^stack traceback:\n\tspec/diagnostics_spec.lua:" .. debug.getinfo(viaall).linedefined .. ": in ", err.caller)
+    for _, name in ipairs({"isolate.luv", "isolate.cqueues"}) do
+      local ok, adapter = pcall(require, name)
+      if ok then
+        local function viaadapter() local r = adapter.await(task) return r end
+        err = remote(viaadapter)
+        assert.matches("^stack traceback:\n\tspec/diagnostics_spec.lua:" .. debug.getinfo(viaadapter).linedefined .. ": in ", err.caller)
+      end
+    end
+  end)
+
   it("uncaught in a script shows the isolate's traceback and the line that called run", function()
     local name = script([[
 local isolate = require "isolate"

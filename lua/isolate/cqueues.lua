@@ -18,6 +18,7 @@
 -- waiting coroutine that is closed or cancelled waits no more.
 
 local isolate = require "isolate"
+local core = require "isolate.core"
 local cqueues = require "cqueues"
 local condition = require "cqueues.condition"
 
@@ -97,10 +98,10 @@ function M.await(task, timeout)
   checktask(task, "await")
   checktimeout(timeout, "await")
   local cq = cqueues.running()
-  if cq == nil or task:done() then return task:await(timeout) end
+  if cq == nil or task:done() then return core.awaitfrom(task, 1, timeout) end
   local deadline = timeout and timeout ~= math.huge and cqueues.monotime() + timeout
   if not waitend(cq, task, deadline or nil) then error(timeouterror(task, timeout), 2) end
-  return task:await()
+  return core.awaitfrom(task, 1)
 end
 
 -- run(fn, ...): isolate.run that lets the controller run while it waits

@@ -295,10 +295,24 @@ end
 -- }======================================================
 
 
+-- task:await([timeout]) for library code: a RemoteError it raises tells
+-- as its 'caller' where the user called the library: 'level' as error's,
+-- from the function that calls this (1 from a tail call: `return
+-- awaitfrom(...)` leaves that function's caller next)
+local function awaitfrom(task, level, timeout)
+  local r = table.pack(pcall(task.await, task, timeout))
+  if r[1] then return table.unpack(r, 2, r.n) end
+  if getmetatable(r[2]) == core.RemoteError and debuglib then
+    rawset(r[2], "caller", debuglib.traceback(nil, level + 1))
+  end
+  error(r[2], 0)
+end
+core.awaitfrom = awaitfrom      -- (for the adapters)
+
 local function all(tasks)
   checktasks(tasks, "all", 2)
   local out = {}
-  for i = 1, #tasks do out[i] = (tasks[i]:await()) end
+  for i = 1, #tasks do out[i] = (awaitfrom(tasks[i], 2)) end
   return out
 end
 

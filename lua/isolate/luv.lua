@@ -17,6 +17,7 @@
 -- whose messages are read has a uv_poll on its own descriptor meanwhile.
 
 local isolate = require "isolate"
+local core = require "isolate.core"
 local uv = require "luv"
 
 local adapters = require "isolate.adapters"
@@ -176,7 +177,7 @@ function M.await(task, timeout)
   checktask(task, "await")
   checktimeout(timeout, "await")
   local co = yieldable()
-  if co == nil or task:done() then return task:await(timeout) end
+  if co == nil or task:done() then return core.awaitfrom(task, 1, timeout) end
   local ended = suspend(co, function(wake)
     local timer, cancel
     local function stoptimer()
@@ -195,7 +196,7 @@ function M.await(task, timeout)
     return function() stoptimer(); cancel() end
   end)
   if not ended then error(timeouterror(task, timeout), 2) end
-  return task:await()
+  return core.awaitfrom(task, 1)
 end
 
 -- run(fn, ...): isolate.run that lets the loop run while it waits
