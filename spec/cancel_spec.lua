@@ -72,11 +72,15 @@ end
 
 describe("task:cancel()", function()
   it("stops a running loop when the process had no real-time signal left: the isolate polls (subprocess)", function()
-    local sub = dofile("spec/subprocess.lua")
-    if sub.sanitized() then
-      pending("LD_PRELOAD holds the sanitizer's runtime; a TSan build polls anyway")
+    if os.getenv("ISOLATE_SPEC_UNDER_TOOL") then
+      -- (a sanitizer's runtime holds LD_PRELOAD, a TSan build polls anyway;
+      -- under valgrind, which runs one thread at a time, a worker in a
+      -- tight loop starved this process's main thread for seconds after
+      -- the subprocess, and the specs that follow failed)
+      pending("a plain run's spec: LD_PRELOAD and signals are the tools' own under them")
       return
     end
+    local sub = dofile("spec/subprocess.lua")
     local script = os.tmpname()
     local f = assert(io.open(script, "w"))
     f:write([[
