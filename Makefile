@@ -115,9 +115,12 @@ tsan: $(BUILD)/tsan/isolate/core.so $(BUILD)/tsan/host $(SPEC_POSIX) $(SPEC_COBJ
 		$(BUILD)/tsan/host,--cpath="$(BUILD)/tsan/?.so")
 
 # The property spec runs a tenth of its random cases: under valgrind all of
-# them take minutes.
+# them take minutes.  A process per spec file, as for TSan.  valgrind runs
+# one thread at a time, and by default a thread in a tight loop can keep
+# the others off the CPU for seconds (a worker's loop starved the thread
+# that waited on it with a timeout): --fair-sched=yes hands them turns.
 valgrind: all $(SPEC_POSIX) $(SPEC_COBJECT) $(SPEC_RTSIG) $(SPEC_HOST)
-	$(call specs,ISOLATE_SPEC_UNDER_TOOL=1 ISOLATE_PROPERTY_SCALE=0.1 valgrind -q --error-exitcode=99 --leak-check=full \
+	$(call specs_each,ISOLATE_SPEC_UNDER_TOOL=1 ISOLATE_PROPERTY_SCALE=0.1 valgrind -q --fair-sched=yes --error-exitcode=99 --leak-check=full \
 		--show-leak-kinds=definite --errors-for-leak-kinds=definite $(LUA),)
 
 # libFuzzer on the codec: FUZZ_SECONDS of inputs up to 1 MB, guided by a

@@ -378,7 +378,8 @@ describe("the default pool", function()
   end)
 
   it("drains 10,000 task handles dropped without an await", function()
-    for i = 1, 10000 do isolate.spawn(function() return i end) end
+    local n = os.getenv("ISOLATE_SPEC_UNDER_TOOL") and 1000 or 10000	-- (valgrind: 30 times slower)
+    for i = 1, n do isolate.spawn(function() return i end) end
     collectgarbage()
     collectgarbage()
     assert.equal(1, isolate.run(function() return 1 end))
