@@ -109,13 +109,12 @@
 ** it intercepts, which a Lua loop may never do: a build under it polls
 ** for a cancel with a count hook instead of signalling the thread (so it
 ** cannot have a caller run its own isolate, either; see pool.c).  Only
-** that build pays for it, and one on macOS, which has no real-time signal
-** to take for a cancel (pool.c).
+** that build pays for it.  (A process that finds no real-time signal to
+** take, as on macOS, polls the same way, decided when the pool starts:
+** pool_cansignal.)
 */
 #if !defined(ISOLATE_CANCEL_POLL)
 #if defined(__SANITIZE_THREAD__)
-#define ISOLATE_CANCEL_POLL	1
-#elif defined(__APPLE__) && !defined(ISOLATE_CANCEL_SIGNAL)
 #define ISOLATE_CANCEL_POLL	1
 #elif defined(__has_feature)
 #if __has_feature(thread_sanitizer)
