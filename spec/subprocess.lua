@@ -62,6 +62,13 @@ local function sanitizer_env()
   return table.concat(env, " ")
 end
 
+-- "NAME=value" settings, quoted for the shell
+local function settings(list)
+  local quoted = {}
+  for i, setting in ipairs(list or {}) do quoted[i] = quote(setting) end
+  return table.concat(quoted, " ")
+end
+
 --[[
 Start `interpreter script args...` with its stdout on a pipe that the
 caller reads (p.out), its stderr in a file.  Options:
@@ -73,13 +80,15 @@ caller reads (p.out), its stderr in a file.  Options:
   ulimit_v     a limit on address space, in KiB (ulimit -v)
   preload      a shared library for LD_PRELOAD (plain runs only: a
                sanitizer's runtime must come first)
+  env          a list of more "NAME=value" settings
 ]]
 function M.start(script, args, opts)
   opts = opts or {}
   local errfile = os.tmpname()
   local cmd = string.format("%senv %s %s LUA_PATH_5_4=%s LUA_CPATH_5_4=%s timeout -k 2 %s %s",
     opts.ulimit_v and ("ulimit -v " .. math.tointeger(opts.ulimit_v) .. " && ") or "",
-    sanitizer_env(), opts.preload and ("LD_PRELOAD=" .. quote(opts.preload)) or "", quote(M.path), quote(M.cpath),
+    sanitizer_env() .. " " .. settings(opts.env),
+    opts.preload and ("LD_PRELOAD=" .. quote(opts.preload)) or "", quote(M.path), quote(M.cpath),
     tostring(opts.timeout or 20), quote(opts.interpreter or M.interpreter()))
   for _, flag in ipairs(opts.flags or {}) do cmd = cmd .. " " .. quote(flag) end
   cmd = cmd .. " " .. quote(script)

@@ -62,6 +62,12 @@ static inline unsigned char *buffer_reserve (Buffer *b, size_t n) {
   return buffer_grow(b, n);
 }
 
+/* give back the last 'n' bytes of the last reservation, unwritten */
+static inline void buffer_unreserve (Buffer *b, size_t n) {
+  b->tail->used -= n;
+  b->total -= n;
+}
+
 
 /* A cursor over a buffer's chunks, or over one flat block of bytes. */
 typedef struct Reader {

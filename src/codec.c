@@ -33,8 +33,10 @@
 ** user code runs while values are decoded, except finalizers.
 */
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lua.h"
@@ -42,6 +44,7 @@
 
 #include "isolate.h"
 #include "codec.h"
+#include "luatable.h"
 #include "names.h"
 
 
@@ -83,9 +86,17 @@ static const unsigned char magic[5] = {0x1b, 'I', 'S', 'O', 3};
 ** =======================================================
 */
 
-static void put_le (unsigned char *p, uint64_t v, int n) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define LITTLE_ENDIAN_HOST	1	/* 'n' bytes of a value are its first n */
+#else
+#define LITTLE_ENDIAN_HOST	0
+#endif
+
+/* (inline: with a constant 'n', a single store on a little-endian host) */
+static inline void put_le (unsigned char *p, uint64_t v, int n) {
   int i;
-  for (i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));
+  if (LITTLE_ENDIAN_HOST) memcpy(p, &v, (size_t)n);
+  else for (i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));
 }
 
 static int w_bytes (Buffer *b, const void *s, size_t n) {
@@ -138,6 +149,71 @@ int codec_putstrings (Buffer *b, const char *const *s, int n) {
       return 0;
   }
   return 1;
+}
+
+/* }====================================================== */
+
+
+/*
+** {======================================================
+** Array parts in place (luatable.h)
+** =======================================================
+*/
+
+/*
+** Whether this Lua lays tables out as luatable.h says: a table made and
+** filled through the API must read the same in place, and a value
+** written in place must read the same through the API.  The header is
+** checked before the array pointer is followed.  Once per process (two
+** threads that check at once find the same).
+*/
+static atomic_int intable_state;	/* 0: not checked; 1: usable; -1: not */
+
+static int intable_probe (lua_State *L) {
+  const LTable *t;
+  LTValue *a;
+  int ok;
+  const char *off = getenv("ISOLATE_API_ONLY");
+  if (!LUATABLE_INPLACE || (off != NULL && *off != '\0')) return 0;
+  lua_createtable(L, 4, 0);
+  lua_pushinteger(L, (lua_Integer)0x1234567890abcdefLL);
+  lua_rawseti(L, -2, 1);
+  lua_pushnumber(L, -2.5);
+  lua_rawseti(L, -2, 2);
+  lua_pushboolean(L, 1);
+  lua_rawseti(L, -2, 3);
+  t = (const LTable *)lua_topointer(L, -1);
+  ok = t != NULL && t->tt == LT_TABLE && t->alimit == 4 &&
+       !(t->flags & LT_NOTREALASIZE) && t->array != NULL && lt_asize(t) == 4;
+  if (ok) {
+    a = t->array;
+    ok = a[0].tt_ == LT_INT && a[0].value_.i == (lua_Integer)0x1234567890abcdefLL &&
+         a[1].tt_ == LT_FLOAT && a[1].value_.n == -2.5 &&
+         a[2].tt_ == LT_TRUE && lt_isnil(&a[3]);
+    if (ok) {
+      a[3].value_.i = 42;
+      a[3].tt_ = LT_INT;
+      ok = lua_rawgeti(L, -1, 4) == LUA_TNUMBER && lua_isinteger(L, -1) &&
+           lua_tointeger(L, -1) == 42 && lua_rawlen(L, -2) == 4;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  return ok;
+}
+
+static int intable_usable (lua_State *L) {
+  int state = atomic_load_explicit(&intable_state, memory_order_relaxed);
+  if (state == 0) {
+    state = intable_probe(L) ? 1 : -1;
+    atomic_store_explicit(&intable_state, state, memory_order_relaxed);
+  }
+  return state > 0;
+}
+
+
+int codec_inplace (lua_State *L) {
+  return intable_usable(L);
 }
 
 /* }====================================================== */
@@ -211,6 +287,7 @@ typedef struct Encoder {
   int pins;			/* stack index: what the message borrows (made when needed) */
   lua_Integer npins;
   uint32_t nkeys;		/* short keys numbered */
+  int inplace;			/* array parts are read in place (luatable.h) */
   KeySlot keys[KEYCACHE];
   Step path[ISOLATE_MAXDEPTH + 2];	/* an argument, then a step a level */
 } Encoder;
@@ -342,30 +419,50 @@ static void put_raw (Encoder *e, const char *s, size_t len) {
 }
 
 
-static void put_integer (Encoder *e, lua_Integer v) {
-  unsigned char *p;
-  int tag, size;
+/* an integer at 'p', in 1 to 9 bytes: returns the byte after it */
+static inline unsigned char *integer_to (unsigned char *p, lua_Integer v) {
   if (0 <= v && v < 0x80) {
-    put1(e, T_SMALLINT + v);
-    return;
+    *p = (unsigned char)(T_SMALLINT + v);
+    return p + 1;
   }
-  if (v >= INT8_MIN && v <= INT8_MAX) tag = T_INT8, size = 1;
-  else if (v >= INT16_MIN && v <= INT16_MAX) tag = T_INT16, size = 2;
-  else if (v >= INT32_MIN && v <= INT32_MAX) tag = T_INT32, size = 4;
-  else tag = T_INT64, size = 8;
-  p = reserve(e, 1 + size);
-  p[0] = (unsigned char)tag;
-  put_le(p + 1, (uint64_t)v, size);
+  if (v >= INT8_MIN && v <= INT8_MAX) {
+    p[0] = T_INT8;
+    p[1] = (unsigned char)v;
+    return p + 2;
+  }
+  if (v >= INT16_MIN && v <= INT16_MAX) {
+    p[0] = T_INT16;
+    put_le(p + 1, (uint64_t)v, 2);
+    return p + 3;
+  }
+  if (v >= INT32_MIN && v <= INT32_MAX) {
+    p[0] = T_INT32;
+    put_le(p + 1, (uint64_t)v, 4);
+    return p + 5;
+  }
+  p[0] = T_INT64;
+  put_le(p + 1, (uint64_t)v, 8);
+  return p + 9;
+}
+
+/* a float at 'p', in 9 bytes */
+static inline unsigned char *float_to (unsigned char *p, lua_Number x) {
+  double d = (double)x;
+  uint64_t bits;
+  memcpy(&bits, &d, sizeof(bits));
+  p[0] = T_FLOAT;
+  put_le(p + 1, bits, 8);
+  return p + 9;
+}
+
+static void put_integer (Encoder *e, lua_Integer v) {
+  unsigned char *p = reserve(e, 9);
+  buffer_unreserve(e->b, (size_t)(p + 9 - integer_to(p, v)));
 }
 
 
 static void put_float (Encoder *e, lua_Number x) {
-  double d = (double)x;
-  uint64_t bits;
-  unsigned char *p = reserve(e, 9);
-  memcpy(&bits, &d, sizeof(bits));
-  p[0] = T_FLOAT;
-  put_le(p + 1, bits, 8);
+  float_to(reserve(e, 9), x);
 }
 
 
@@ -611,6 +708,48 @@ static int encode_stream (Encoder *e, int idx) {
 }
 
 
+/*
+** The values at 1, 2, ... of the table at 't' that are in its array part,
+** up to the first nil, read in place: numbers and booleans are written as
+** they are, RUN at a time, and anything else is pushed through the API
+** and encoded.  That may run Lua (__isolate, finalizers), which may
+** change the table: the array is found afresh after it.  Returns how
+** many values were written.
+*/
+#define RUN	256		/* values written a reservation at a time */
+
+static lua_Integer encode_array (Encoder *e, int t, int top) {
+  lua_State *L = e->L;
+  const LTable *h = (const LTable *)lua_topointer(L, t);
+  Step *s = &e->path[e->depth - 1];
+  lua_Integer i = 0, n;
+#define ASIZE(h)	(lt_asize(h) < UINT32_MAX - 1 ? lt_asize(h) : UINT32_MAX - 1)
+  n = ASIZE(h);
+  while (i < n) {
+    unsigned char *p = reserve(e, 9 * RUN), *q = p;
+    lua_Integer last = i + RUN < n ? i + RUN : n;
+    const LTValue *v = &h->array[i];
+    for (; i < last; i++, v++) {
+      if (v->tt_ == LT_INT) q = integer_to(q, v->value_.i);
+      else if (v->tt_ == LT_FLOAT) q = float_to(q, v->value_.n);
+      else if (v->tt_ == LT_FALSE) *q++ = T_FALSE;
+      else if (v->tt_ == LT_TRUE) *q++ = T_TRUE;
+      else break;
+    }
+    buffer_unreserve(e->b, (size_t)(p + 9 * RUN - q));
+    if (i == last) continue;
+    if (lt_isnil(v)) break;
+    s->n = i + 1;		/* anything else, through the API */
+    lua_rawgeti(L, t, i + 1);
+    encode(e, top + 1);
+    lua_settop(L, top);
+    i++;
+    n = ASIZE(h);		/* Lua may have run: it may have changed the table */
+  }
+  return i;
+}
+
+
 static void encode_table (Encoder *e, int t) {
   lua_State *L = e->L;
   lua_Integer narr = 0;
@@ -636,7 +775,9 @@ static void encode_table (Encoder *e, int t) {
   counts[0] = hasmt ? T_TABLEMT : T_TABLE;
   step(e, S_INDEX, 0, 0, NULL);
   s = &e->path[e->depth - 1];
-  lua_pushnil(L);
+  if (e->inplace && (narr = encode_array(e, t, top)) > 0)
+    lua_pushinteger(L, narr);	/* in the array part: next goes on from there */
+  else lua_pushnil(L);
   while (lua_next(L, t)) {	/* key at top + 1, value at top + 2 */
     int kind = S_KEYOF;
     if (lua_isinteger(L, top + 1)) {
@@ -860,6 +1001,7 @@ static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
   e.npins = 0;
   e.seenp = NULL;
   e.nkeys = 0;
+  e.inplace = intable_usable(L);
   memset(e.keys, 0, sizeof(e.keys));
   names_open(L, &e.names);
   if (!w_bytes(b, magic, sizeof(magic)) || !w_tagvarint(b, -1, (uint64_t)n))
@@ -900,6 +1042,7 @@ typedef struct Decoder {
   size_t end;			/* reader position where the values end */
   size_t promised;		/* bytes owed to elements counted, not yet read */
   int depth;
+  int inplace;			/* numbers are written into array parts (luatable.h) */
 } Decoder;
 
 
@@ -932,13 +1075,13 @@ static void promise (Decoder *d, uint64_t n, const char *what) {
   d->promised += (size_t)n;
 }
 
-static uint64_t get_le (const unsigned char *p, int n) {
+static inline uint64_t get_le (const unsigned char *p, int n) {
   uint64_t v = 0;
   int i;
-  for (i = n - 1; i >= 0; i--) v = (v << 8) | p[i];
+  if (LITTLE_ENDIAN_HOST) memcpy(&v, p, (size_t)n);
+  else for (i = n - 1; i >= 0; i--) v = (v << 8) | p[i];
   return v;
 }
-
 static int get_varint (Reader *r, uint64_t *v) {
   int shift;
   *v = 0;
@@ -1037,10 +1180,80 @@ static void decode_key (Decoder *d) {
 }
 
 
+/* the payload of an integer with 'tag' (T_INT8...T_INT64) at 'p' */
+static inline lua_Integer integer_at (int tag, const unsigned char *p) {
+  switch (tag) {
+    case T_INT8: return (int8_t)*p;
+    case T_INT16: return (int16_t)get_le(p, 2);
+    case T_INT32: return (int32_t)get_le(p, 4);
+    default: return (lua_Integer)get_le(p, 8);
+  }
+}
+
+static inline lua_Number float_at (const unsigned char *p) {
+  uint64_t bits = get_le(p, 8);
+  double x;
+  memcpy(&x, &bits, sizeof(x));
+  return (lua_Number)x;
+}
+
+/* bytes after the tag of a number or boolean, by tag (-1: other values) */
+static const signed char payload[T_STRING] = {
+  0, 0, 0,		/* T_NIL, T_FALSE, T_TRUE */
+  1, 2, 4, 8,		/* T_INT8 ... T_INT64 */
+  8			/* T_FLOAT */
+};
+
+
+/*
+** Elements 'i', 'i' + 1, ... of the array part 'h' of a table being
+** made, up to 'narr', written in place while they are numbers, booleans
+** or nils (a nil leaves its slot empty) and lie whole in the reader's
+** current block; each is owed its tag byte, and its payload must fit in
+** what is available, as take() would check.  Returns the first element
+** not written, which the caller decodes through the API.
+*/
+static uint64_t decode_run (Decoder *d, const LTable *h, uint64_t i, uint64_t narr) {
+  Reader *r = d->r;
+  const unsigned char *p = r->p, *start = p, *end = r->end;
+  size_t slack = available(d);	/* as it will be once a tag is taken */
+  uint64_t first = i;
+  LTValue *v = &h->array[i - 1];
+  for (; i <= narr && p < end; i++, v++) {
+    int tag = *p, n;
+    if (tag >= T_SMALLINT) {
+      v->value_.i = tag - T_SMALLINT;
+      v->tt_ = LT_INT;
+      p++;
+      continue;
+    }
+    if (tag >= T_STRING || (n = payload[tag]) > (ptrdiff_t)slack || n >= end - p)
+      break;
+    if (tag == T_FLOAT) {
+      v->value_.n = float_at(p + 1);
+      v->tt_ = LT_FLOAT;
+    }
+    else if (tag >= T_INT8) {
+      v->value_.i = integer_at(tag, p + 1);
+      v->tt_ = LT_INT;
+    }
+    else if (tag != T_NIL) v->tt_ = tag == T_TRUE ? LT_TRUE : LT_FALSE;
+    p += 1 + n;
+    slack -= (size_t)n;
+  }
+  r->p = p;
+  r->left -= (size_t)(p - start);
+  r->pos += (size_t)(p - start);
+  d->promised -= (size_t)(i - first);
+  return i;
+}
+
+
 static void decode_table (Decoder *d, int hasmt) {
   lua_State *L = d->L;
   const unsigned char *counts = take(d, 8);
   uint64_t narr = get_le(counts, 4), nhash = get_le(counts + 4, 4), i;
+  const LTable *h;
   int t;
   promise(d, narr + 2 * nhash + (hasmt ? 1 : 0), "table larger than its input");
   dec_enter(d);
@@ -1048,7 +1261,10 @@ static void decode_table (Decoder *d, int hasmt) {
                   nhash > INT_MAX ? INT_MAX : (int)nhash);
   t = lua_gettop(L);
   newref(d);
+  h = (const LTable *)lua_topointer(L, t);
+  if (!d->inplace || lt_asize(h) < narr) h = NULL;
   for (i = 1; i <= narr; i++) {
+    if (h != NULL && (i = decode_run(d, h, i, narr)) > narr) break;
     decode_next(d);
     lua_rawseti(L, t, (lua_Integer)i);
   }
@@ -1206,17 +1422,10 @@ static void decode (Decoder *d, int tag) {
     case T_NIL: lua_pushnil(L); break;
     case T_FALSE: lua_pushboolean(L, 0); break;
     case T_TRUE: lua_pushboolean(L, 1); break;
-    case T_INT8: lua_pushinteger(L, (int8_t)*take(d, 1)); break;
-    case T_INT16: lua_pushinteger(L, (int16_t)get_le(take(d, 2), 2)); break;
-    case T_INT32: lua_pushinteger(L, (int32_t)get_le(take(d, 4), 4)); break;
-    case T_INT64: lua_pushinteger(L, (lua_Integer)get_le(take(d, 8), 8)); break;
-    case T_FLOAT: {
-      uint64_t bits = get_le(take(d, 8), 8);
-      double x;
-      memcpy(&x, &bits, sizeof(x));
-      lua_pushnumber(L, (lua_Number)x);
+    case T_INT8: case T_INT16: case T_INT32: case T_INT64:
+      lua_pushinteger(L, integer_at(tag, take(d, (size_t)payload[tag])));
       break;
-    }
+    case T_FLOAT: lua_pushnumber(L, float_at(take(d, 8))); break;
     case T_STRING: {
       size_t len;
       const char *s = rawstring(d, &len);
@@ -1328,6 +1537,7 @@ int codec_decodeitems (lua_State *L, Reader *r, int flags, lua_Integer *at,
   d.nkeys = 0;
   d.promised = 0;
   d.depth = 0;
+  d.inplace = intable_usable(L);
   d.end = r->pos + r->left;
   p = reader_take(r, sizeof(magic));
   if (p == NULL || memcmp(p, magic, sizeof(magic) - 1) != 0)

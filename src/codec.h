@@ -58,6 +58,12 @@ int codec_decode (lua_State *L, Reader *r, int flags);
 int codec_decodeitems (lua_State *L, Reader *r, int flags, lua_Integer *at,
                        lua_Integer base);
 
+/*
+** 1 if the codec reads and writes the array parts of tables in place
+** (luatable.h), checked on the first call; 0 if it goes through the API
+*/
+int codec_inplace (lua_State *L);
+
 /* a message of 'n' strings (NULL: nil), written without Lua; 0: no memory */
 int codec_putstrings (Buffer *b, const char *const *s, int n);
 

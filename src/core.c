@@ -1935,5 +1935,7 @@ int luaopen_isolate_core (lua_State *L) {
   lua_pushboolean(L, 1);		/* for the specs: a hook in every isolate */
   lua_setfield(L, -2, "_cancelpolls");
 #endif
+  lua_pushboolean(L, codec_inplace(L));	/* for the specs: they check both ways */
+  lua_setfield(L, -2, "_inplace");
   return 1;
 }

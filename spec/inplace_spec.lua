@@ -1,0 +1,156 @@
+-- The codec reads the array parts of tables, and writes numbers and
+-- booleans into them, in place (src/luatable.h).  These specs hold it to
+-- what the C API would have done: the same values, the same bytes, no
+-- crash when Lua changes a table while it is read, and no trust in input.
+local isolate = require "isolate"
+local core = require "isolate.core"
+local subprocess = dofile("spec/subprocess.lua")
+local arrays = dofile("spec/scenario/arraycases.lua")
+
+local HEAD = "\27ISO\3\1" .. ("\0"):rep(8)	-- one value, no names
+local function u32(n) return string.pack("<I4", n) end
+local function array(n, body) return HEAD .. "\9" .. u32(n) .. u32(0) .. body end
+
+describe("arrays in place", function()
+  it("are read and written in place in this build", function()
+    if os.getenv("ISOLATE_API_ONLY") then
+      assert.is_false(core._inplace)
+    else
+      assert.is_true(core._inplace)
+    end
+  end)
+
+  describe("keep every value", function()
+    for _, case in ipairs(arrays.cases()) do
+      it("through encode and decode: " .. case.name, function()
+        assert(arrays.same(case.value, isolate.decode(isolate.encode(case.value))))
+      end)
+    end
+
+    it("as the result of an isolate, and as its argument", function()
+      for _, case in ipairs(arrays.cases()) do
+        local back = isolate.run(function(v) return v end, case.value)
+        local ok, why = arrays.same(case.value, back)
+        assert(ok, case.name .. ": " .. tostring(why))
+      end
+    end)
+  end)
+
+  it("write the bytes that the C API path writes", function()
+    local script = "spec/scenario/arrays.lua"
+    local inplace = subprocess.run(script, {}, {timeout = 60})
+    local api = subprocess.run(script, {}, {timeout = 60, env = {"ISOLATE_API_ONLY=1"}})
+    assert.equal(0, inplace.code, inplace.report)
+    assert.equal(0, api.code, api.report)
+    assert.equal("true", inplace.stdout:match("^(%a+)\n"))
+    assert.equal("false", api.stdout:match("^(%a+)\n"))
+    assert.equal(api.stdout:gsub("^%a+\n", ""), (inplace.stdout:gsub("^%a+\n", "")))
+  end)
+
+  describe("make tables that behave as Lua's own", function()
+    it("for length, ipairs, next, appending and removing", function()
+      local t = isolate.decode(isolate.encode({1, 2.5, true, false, 5}))
+      assert.equal(5, #t)
+      local n = 0
+      for i, v in ipairs(t) do n = n + 1; assert.equal(t[i], v) end
+      assert.equal(5, n)
+      n = 0
+      for _ in pairs(t) do n = n + 1 end
+      assert.equal(5, n)
+      table.insert(t, 6)
+      t[#t + 1] = 7
+      assert.equal(7, #t)
+      assert.equal(1, table.remove(t, 1))
+      assert.same({2.5, true, false, 5, 6, 7}, t)
+      assert.equal("integer", math.type(t[4]))
+      assert.equal("float", math.type(t[1]))
+      collectgarbage()
+      assert.same({2.5, true, false, 5, 6, 7}, t)
+    end)
+
+    it("leaving the slot of a nil empty", function()
+      local t = isolate.decode(array(3, "\129\0\131"))
+      assert.equal(1, t[1])
+      assert.is_nil(t[2])
+      assert.equal(3, t[3])
+      local keys = {}
+      for k in pairs(t) do keys[#keys + 1] = k end
+      assert.same({1, 3}, keys)
+      assert.is_nil(next(isolate.decode(array(2, "\0\0"))))
+    end)
+  end)
+
+  describe("when Lua changes the table while it is encoded", function()
+    local function object(act)
+      return setmetatable({}, {__isolate = function() act(); return function() return "made" end end})
+    end
+
+    it("that grows it: no crash, what was there is kept", function()
+      local t = {1, 2, 3}
+      t[4] = object(function() for i = 5, 20000 do t[i] = i end end)
+      t[5] = 5
+      local r = isolate.decode(isolate.encode(t), {trusted = true})
+      assert.same({1, 2, 3}, {r[1], r[2], r[3]})
+      assert.equal("made", r[4])
+      assert.equal(5, r[5])
+    end)
+
+    it("that empties it", function()
+      local t = {1, 2, 3}
+      t[4] = object(function() for k in pairs(t) do t[k] = nil end end)
+      for i = 5, 1000 do t[i] = i end
+      local r = isolate.decode(isolate.encode(t), {trusted = true})
+      assert.same({1, 2, 3, "made"}, r)
+    end)
+
+    it("that turns it into a hash", function()
+      local t = {1, 2, 3}
+      t[4] = object(function()
+        for i = 1, 3 do t[i] = nil end
+        for i = 1, 100 do t["k" .. i] = i end
+        collectgarbage()
+      end)
+      for i = 5, 64 do t[i] = i * 0.5 end
+      local ok, err = pcall(isolate.encode, t)	-- next may refuse a key that went
+      if ok then
+        local r = isolate.decode(err, {trusted = true})
+        assert.equal("made", r[4])
+        assert.equal(32.0, r[64])
+      else
+        assert.matches("next", tostring(err))
+      end
+    end)
+  end)
+
+  describe("trust no input", function()
+    it("refuse every cut of an array of numbers", function()
+      local msg = isolate.encode({1, 200, -40000, 2^40 // 1, 0.5, true, false, math.mininteger, 7})
+      for n = 1, #msg - 1 do
+        local ok, err = pcall(isolate.decode, msg:sub(1, n))
+        assert.is_false(ok, "a message cut at byte " .. n .. " decoded")
+        assert.matches("cannot decode", err)
+      end
+    end)
+
+    it("refuse an array that promises more elements than its bytes", function()
+      assert.error_matches(function() isolate.decode(array(100, "\129\130")) end,
+        "table larger than its input")
+      assert.error_matches(function() isolate.decode(array(3, "\129\7\0\0")) end,
+        "truncated input")
+    end)
+
+    it("refuse a number whose bytes run into the names section", function()
+      local msg = isolate.encode({1.5, 2.5})
+      -- the names offset points at the last float's second byte
+      local cut = #msg - 7
+      local bad = msg:sub(1, 6) .. string.pack("<I8", cut) .. msg:sub(15)
+      local ok, err = pcall(isolate.decode, bad)
+      assert.is_false(ok)
+      assert.matches("cannot decode", err)
+    end)
+
+    it("refuse an unknown tag in an array", function()
+      assert.error_matches(function() isolate.decode(array(2, "\129\31")) end, "cannot decode")
+    end)
+  end)
+end)
