@@ -122,6 +122,25 @@ describe("arrays in place", function()
     end)
   end)
 
+  describe("when Lua changes the table while it is decoded", function()
+    it("a constructor given the table, that shrinks it: the rest goes in through the API", function()
+      local t = {}
+      t[1] = setmetatable({}, {__isolate = function()
+        return function(p)
+          for i = 1, #p do p[i] = nil end
+          for i = 1, 200 do p["k" .. i] = i end
+          collectgarbage()
+          return "made"
+        end, t
+      end})
+      for i = 2, 5000 do t[i] = i * 1.5 end
+      local r = isolate.decode(isolate.encode(t), {trusted = true})
+      assert.equal("made", r[1])
+      for i = 2, 5000 do assert.equal(i * 1.5, r[i]) end
+      assert.equal(200, r.k200)
+    end)
+  end)
+
   describe("trust no input", function()
     it("refuse every cut of an array of numbers", function()
       local msg = isolate.encode({1, 200, -40000, 2^40 // 1, 0.5, true, false, math.mininteger, 7})

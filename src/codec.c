@@ -1218,7 +1218,7 @@ static uint64_t decode_run (Decoder *d, const LTable *h, uint64_t i, uint64_t na
   const unsigned char *p = r->p, *start = p, *end = r->end;
   size_t slack = available(d);	/* as it will be once a tag is taken */
   uint64_t first = i;
-  LTValue *v = &h->array[i - 1];
+  LTValue *v = h->array + (i - 1);	/* (i <= narr <= the array's size) */
   for (; i <= narr && p < end; i++, v++) {
     int tag = *p, n;
     if (tag >= T_SMALLINT) {
@@ -1267,6 +1267,8 @@ static void decode_table (Decoder *d, int hasmt) {
     if (h != NULL && (i = decode_run(d, h, i, narr)) > narr) break;
     decode_next(d);
     lua_rawseti(L, t, (lua_Integer)i);
+    if (h != NULL && lt_asize(h) < narr)
+      h = NULL;			/* a constructor given the table shrank it */
   }
   for (i = 0; i < nhash; i++) {
     decode_key(d);
