@@ -718,16 +718,18 @@ static int encode_stream (Encoder *e, int idx) {
 */
 #define RUN	256		/* values written a reservation at a time */
 
+/* the size of an array part, as a count that a message can hold */
+#define ASIZE(h)	(lt_asize(h) < UINT32_MAX - 1 ? lt_asize(h) : UINT32_MAX - 1)
+
 static lua_Integer encode_array (Encoder *e, int t, int top) {
   lua_State *L = e->L;
   const LTable *h = (const LTable *)lua_topointer(L, t);
   Step *s = &e->path[e->depth - 1];
-  lua_Integer i = 0, n;
-#define ASIZE(h)	(lt_asize(h) < UINT32_MAX - 1 ? lt_asize(h) : UINT32_MAX - 1)
-  n = ASIZE(h);
+  lua_Integer i = 0, n = ASIZE(h);
   while (i < n) {
-    unsigned char *p = reserve(e, 9 * RUN), *q = p;
     lua_Integer last = i + RUN < n ? i + RUN : n;
+    size_t most = 9 * (size_t)(last - i);	/* (a float or an integer: 9 bytes at most) */
+    unsigned char *p = reserve(e, most), *q = p;
     const LTValue *v = &h->array[i];
     for (; i < last; i++, v++) {
       if (v->tt_ == LT_INT) q = integer_to(q, v->value_.i);
@@ -736,7 +738,7 @@ static lua_Integer encode_array (Encoder *e, int t, int top) {
       else if (v->tt_ == LT_TRUE) *q++ = T_TRUE;
       else break;
     }
-    buffer_unreserve(e->b, (size_t)(p + 9 * RUN - q));
+    buffer_unreserve(e->b, (size_t)(p + most - q));
     if (i == last) continue;
     if (lt_isnil(v)) break;
     s->n = i + 1;		/* anything else, through the API */
@@ -1082,6 +1084,7 @@ static inline uint64_t get_le (const unsigned char *p, int n) {
   else for (i = n - 1; i >= 0; i--) v = (v << 8) | p[i];
   return v;
 }
+
 static int get_varint (Reader *r, uint64_t *v) {
   int shift;
   *v = 0;
@@ -1197,7 +1200,7 @@ static inline lua_Number float_at (const unsigned char *p) {
   return (lua_Number)x;
 }
 
-/* bytes after the tag of a number or boolean, by tag (-1: other values) */
+/* bytes after the tag of a nil, a boolean or a number, by tag */
 static const signed char payload[T_STRING] = {
   0, 0, 0,		/* T_NIL, T_FALSE, T_TRUE */
   1, 2, 4, 8,		/* T_INT8 ... T_INT64 */
@@ -1207,8 +1210,8 @@ static const signed char payload[T_STRING] = {
 
 /*
 ** Elements 'i', 'i' + 1, ... of the array part 'h' of a table being
-** made, up to 'narr', written in place while they are numbers, booleans
-** or nils (a nil leaves its slot empty) and lie whole in the reader's
+** made, up to 'narr', written in place while they are nils, booleans or
+** numbers (as lua_rawseti would write them) and lie whole in the reader's
 ** current block; each is owed its tag byte, and its payload must fit in
 ** what is available, as take() would check.  Returns the first element
 ** not written, which the caller decodes through the API.
@@ -1237,7 +1240,7 @@ static uint64_t decode_run (Decoder *d, const LTable *h, uint64_t i, uint64_t na
       v->value_.i = integer_at(tag, p + 1);
       v->tt_ = LT_INT;
     }
-    else if (tag != T_NIL) v->tt_ = tag == T_TRUE ? LT_TRUE : LT_FALSE;
+    else v->tt_ = tag == T_TRUE ? LT_TRUE : tag == T_FALSE ? LT_FALSE : LT_NIL;
     p += 1 + n;
     slack -= (size_t)n;
   }

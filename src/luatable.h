@@ -52,6 +52,7 @@ typedef struct LTable {
 
 /* type tags (lobject.h: makevariant) */
 #define LT_TABLE	0x05	/* a Table's own header tag */
+#define LT_NIL		0x00
 #define LT_FALSE	0x01
 #define LT_TRUE		0x11
 #define LT_INT		0x03
