@@ -139,6 +139,53 @@ describe("arrays in place", function()
       for i = 2, 5000 do assert.equal(i * 1.5, r[i]) end
       assert.equal(200, r.k200)
     end)
+
+    it("a constructor that set a later slot: a nil decoded there clears it", function()
+      local t = {}
+      t[1] = setmetatable({}, {__isolate = function()
+        return function(outer) outer[3] = "kept"; return "made" end, t
+      end})
+      t[2], t[3], t[4] = 1, 2, 3
+      local msg = isolate.encode(t)
+      local at = assert(msg:find("\x81\x82\x83", 1, true))	-- make the 2 a nil
+      msg = msg:sub(1, at) .. "\0" .. msg:sub(at + 2)
+      local r = isolate.decode(msg, {trusted = true})
+      assert.equal("made", r[1])
+      assert.is_nil(r[3])
+      assert.equal(3, r[4])
+    end)
+
+    it("a finalizer that reaches the table through the debug library and adds a key", function()
+      local t = {"MARK"}
+      for i = 2, 1000 do t[i] = ("s"):rep(60) .. i end	-- each one allocates
+      for i = 1001, 3000 do t[i] = i end
+      local msg, hits = isolate.encode(t), 0
+      local function finalizer()
+        local info = debug.getinfo(2, "S")
+        if not (info and info.what == "C") then return end
+        for n = 1, 20 do
+          local name, v = debug.getlocal(2, n)
+          if name == nil then break end
+          if type(v) == "table" and v ~= t and rawget(v, 1) == "MARK" and rawget(v, "x") == nil then
+            hits = hits + 1
+            v.x = true		-- a new key in a full table: Lua shrinks its array part
+          end
+        end
+        if hits == 0 then setmetatable({}, {__gc = finalizer}) end
+      end
+      local pause, stepmul = collectgarbage("setpause", 0), collectgarbage("setstepmul", 100)
+      local r
+      for _ = 1, 500 do
+        for _ = 1, 500 do setmetatable({}, {__gc = finalizer}) end
+        r = isolate.decode(msg)
+        if hits > 0 then break end
+      end
+      collectgarbage("setpause", pause)
+      collectgarbage("setstepmul", stepmul)
+      assert.is_true(hits > 0, "no finalizer reached the table being decoded")
+      assert.is_true(r.x)
+      for i = 1001, 3000 do assert.equal(i, r[i]) end
+    end)
   end)
 
   describe("trust no input", function()

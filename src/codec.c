@@ -1270,8 +1270,8 @@ static void decode_table (Decoder *d, int hasmt) {
     if (h != NULL && (i = decode_run(d, h, i, narr)) > narr) break;
     decode_next(d);
     lua_rawseti(L, t, (lua_Integer)i);
-    if (h != NULL && lt_asize(h) < narr)
-      h = NULL;			/* a constructor given the table shrank it */
+    if (h != NULL && lt_asize(h) < narr)	/* Lua ran (a constructor given the */
+      h = NULL;			/* table, a finalizer): it shrank the array part */
   }
   for (i = 0; i < nhash; i++) {
     decode_key(d);
