@@ -236,8 +236,8 @@ typedef struct Step {
 
 /*
 ** The tables, functions and objects met so far, by address: an open
-** addressing hash in a userdata (made when first needed, doubled when
-** half full).  Each one is also kept in a Lua array, id -> object, so that
+** addressing hash outside Lua's heap (seen_grow: made when first needed,
+** doubled when half full).  Each one is also kept in a Lua array, id -> object, so that
 ** none can be collected while the encoder runs (finalizers and __isolate
 ** run Lua code) and another take its address.
 */
@@ -272,8 +272,9 @@ typedef struct Encoder {
   Buffer *b;
   Role role;
   int globals;			/* stack index of the globals table */
-  int seen;			/* stack index of the Seen userdata (or nil) */
+  int seen;			/* stack index of the userdata that owns 'seenmem' (or nil) */
   int kept;			/* stack index: id -> table or function met */
+  Buffer *seenmem;		/* the memory of the Seen hash (seen_grow) */
   Seen *seenp;
   int upvals;			/* upvalue id -> function id * 256 + (n - 1) */
   int used;			/* module name -> i, i -> name: the names section */
@@ -541,12 +542,25 @@ static SeenSlot *seen_slot (Seen *s, const void *p) {
   return &s->slot[i];
 }
 
+/*
+** The hash lives in memory of its own (a Buffer owned by a userdata at
+** 'seen', freed when the encoder ends or by its __gc after an error), not
+** in Lua's heap: a table of a million slots made there would count toward
+** Lua's collector, which would then traverse the whole heap to pay for it.
+** The tables it outgrew stay in the buffer until the end (half the
+** memory at most).
+*/
 static void seen_grow (Encoder *e) {
   lua_State *L = e->L;
-  Seen *old = e->seenp;
+  Seen *old = e->seenp, *s;
   size_t cap = old == NULL ? 64 : 2 * (old->mask + 1), i;
-  Seen *s = (Seen *)lua_newuserdatauv(L, sizeof(Seen) + (cap - 1) * sizeof(SeenSlot), 0);
-  memset(s, 0, sizeof(Seen) + (cap - 1) * sizeof(SeenSlot));
+  size_t size = sizeof(Seen) + (cap - 1) * sizeof(SeenSlot);
+  if (old == NULL) {
+    e->seenmem = buffer_push(L);
+    lua_replace(L, e->seen);
+  }
+  if ((s = (Seen *)buffer_reserve(e->seenmem, size)) == NULL) nomem(e);
+  memset(s, 0, size);
   s->mask = cap - 1;
   if (old != NULL) {
     for (i = 0; i <= old->mask; i++)
@@ -557,7 +571,6 @@ static void seen_grow (Encoder *e) {
     lua_newtable(L);
     lua_replace(L, e->kept);
   }
-  lua_replace(L, e->seen);
   e->seenp = s;
 }
 
@@ -1002,6 +1015,7 @@ static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
   e.pins = top + 6;
   e.npins = 0;
   e.seenp = NULL;
+  e.seenmem = NULL;
   e.nkeys = 0;
   e.inplace = intable_usable(L);
   memset(e.keys, 0, sizeof(e.keys));
@@ -1016,6 +1030,7 @@ static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
     unstep(&e);
   }
   put_names(&e, offset, start);
+  if (e.seenmem != NULL) buffer_free(e.seenmem);	/* now, not at the next cycle */
   if (borrow != 0) {		/* what it borrows: the caller keeps it */
     lua_pushvalue(L, e.pins);
     lua_replace(L, top + 1);
