@@ -1215,12 +1215,13 @@ static inline lua_Number float_at (const unsigned char *p) {
   return (lua_Number)x;
 }
 
-/* bytes after the tag of a nil, a boolean or a number, by tag */
-static const signed char payload[T_STRING] = {
-  0, 0, 0,		/* T_NIL, T_FALSE, T_TRUE */
-  1, 2, 4, 8,		/* T_INT8 ... T_INT64 */
-  8			/* T_FLOAT */
-};
+/*
+** The bytes after the tag of a nil, a boolean or a number (tag < T_STRING),
+** byte 'tag' of a constant: T_NIL, T_FALSE and T_TRUE 0, T_INT8 ... T_INT64
+** 1, 2, 4, 8, T_FLOAT 8.  (A shift, not a load from a table: decode_run
+** finds where each value starts from the size of the one before.)
+*/
+#define payload(tag)	((int)((0x0808040201000000ull >> (8 * (tag))) & 0xff))
 
 
 /*
@@ -1245,7 +1246,7 @@ static uint64_t decode_run (Decoder *d, const LTable *h, uint64_t i, uint64_t na
       p++;
       continue;
     }
-    if (tag >= T_STRING || (n = payload[tag]) > (ptrdiff_t)slack || n >= end - p)
+    if (tag >= T_STRING || (n = payload(tag)) > (ptrdiff_t)slack || n >= end - p)
       break;
     if (tag == T_FLOAT) {
       v->value_.n = float_at(p + 1);
@@ -1443,7 +1444,7 @@ static void decode (Decoder *d, int tag) {
     case T_FALSE: lua_pushboolean(L, 0); break;
     case T_TRUE: lua_pushboolean(L, 1); break;
     case T_INT8: case T_INT16: case T_INT32: case T_INT64:
-      lua_pushinteger(L, integer_at(tag, take(d, (size_t)payload[tag])));
+      lua_pushinteger(L, integer_at(tag, take(d, (size_t)payload(tag))));
       break;
     case T_FLOAT: lua_pushnumber(L, float_at(take(d, 8))); break;
     case T_STRING: {
