@@ -556,3 +556,142 @@ describe("borrowed long strings", function()
     end)
   end)
 end)
+
+
+-- A task's result whose array part holds ISOLATE_LEND numbers and booleans
+-- or more is lent: the caller copies its slots from the isolate's table,
+-- whose state stays until then (src/codec.c, T_LENT).
+describe("lent arrays of numbers", function()
+  local LEND = 65536
+  local arrays = dofile("spec/scenario/arraycases.lua")
+  local inplace = require("isolate.core")._inplace
+
+  local function numbers(n)
+    local t = {}
+    for i = 1, n do
+      t[i] = i % 7 == 0 and i * 0.5 or i % 11 == 0 and (i % 2 == 0) or i * 7919 - 2^40 // 1
+    end
+    t[1], t[2], t[3], t[4] = 0 / 0, -0.0, 1 / 0, math.mininteger
+    t[5], t[6] = math.maxinteger, 3.0
+    return t
+  end
+
+  it("come through with every value as it was", function()
+    for _, n in ipairs {LEND - 1, LEND, LEND + 1, 300000} do
+      local back = isolate.run(function(k, make) return make(k) end, n, numbers)
+      assert(arrays.same(numbers(n), back))
+    end
+  end)
+
+  it("come through with their other keys, shared, nested and as several results", function()
+    local a, b, c = isolate.run(function(make)
+      local t = make(LEND + 5)
+      t.name, t[LEND + 100], t[true] = "lent", "far", false
+      local list = make(LEND)
+      list[LEND + 2] = 7			-- past a nil: a pair
+      return {t = t, again = t, list = list}, t, make(LEND)
+    end, numbers)
+    assert.equal(a.t, a.again)
+    assert.equal(a.t, b)
+    local want = numbers(LEND + 5)
+    want.name, want[LEND + 100], want[true] = "lent", "far", false
+    assert(arrays.same(want, b))
+    local list = numbers(LEND)
+    list[LEND + 2] = 7
+    assert(arrays.same(list, a.list))
+    assert(arrays.same(numbers(LEND), c))
+  end)
+
+  it("come through copied when they hold anything else, or have a metatable", function()
+    local strings, meta = isolate.run(function(make)
+      local t, m = make(LEND * 2), make(LEND)
+      t[LEND + 3] = "text"
+      return t, setmetatable(m, {__index = function() return "mt" end})
+    end, numbers)
+    local want = numbers(LEND * 2)
+    want[LEND + 3] = "text"
+    assert(arrays.same(want, strings))
+    assert.equal("mt", meta.nothere)
+  end)
+
+  it("keep the isolate's state until the caller has copied them", function()
+    if not inplace then return end
+    local function task(n)
+      local path = marker()
+      return isolate.spawn(function(path, k)
+        KEEP = setmetatable({}, {__gc = function() io.open(path, "w"):close() end})
+        local t = {}
+        for i = 1, k do t[i] = i end
+        return t
+      end, path, n), path
+    end
+    local lent, lentpath = task(LEND)
+    local copied, copiedpath = task(LEND - 1)
+    assert.is_true(lent:wait() and copied:wait())
+    assert.is_true(eventually(function() return poll.read(copiedpath) ~= nil end, 5),
+      "a copied result's state was not closed")
+    assert.is_nil(poll.read(lentpath), "a lent result's state was closed before its decode")
+    collectgarbage(); collectgarbage()
+    assert.equal(LEND, #lent:await())
+    assert.equal(LEND, #lent:await())		-- (the second await replays the first)
+    assert.is_true(eventually(function() return poll.read(lentpath) ~= nil end, 5),
+      "a lent result's state was not closed after its decode")
+    os.remove(lentpath)
+    os.remove(copiedpath)
+  end)
+
+  it("from tasks awaited in any order, and from isolates nested in isolates", function()
+    local tasks = {}
+    for i = 1, 6 do
+      tasks[i] = isolate.spawn(function(k, n) local t = {} for j = 1, n do t[j] = j * k end return t end, i, LEND)
+    end
+    for i = 6, 1, -1 do
+      local t = tasks[i]:await()
+      assert.equal(LEND, #t)
+      assert.equal(LEND * i, t[LEND])
+    end
+    local t = isolate.run(function(n)
+      local isolate = require "isolate"
+      local inner = isolate.run(function(k) local t = {} for j = 1, k do t[j] = j + 0.5 end return t end, n)
+      inner[1] = -1
+      return inner
+    end, LEND)
+    assert.equal(-1, t[1])
+    assert.equal(LEND + 0.5, t[LEND])
+  end)
+
+  describe("changed by an __isolate of a later result while the results are sent", function()
+    local function after(change)
+      return isolate.run(function(k, how)
+        local t = {}
+        for i = 1, k do t[i] = i end
+        return t, setmetatable({}, {__isolate = function()
+          how(t)
+          return function() return "made" end
+        end})
+      end, LEND, change)
+    end
+
+    it("a number changed comes through as it is when the caller copies it", function()
+      local t, made = after(function(t) t[10] = 0.25 end)
+      assert.equal(inplace and 0.25 or 10, t[10])	-- (copied at once through the C API)
+      assert.equal("made", made)
+    end)
+
+    it("anything else there, or the table shrunk: an error, not a copy", function()
+      if not inplace then return end
+      assert.error_matches(function() after(function(t) t[10] = "text" end) end,
+        "a lent table changed before it was decoded")
+      assert.error_matches(function() after(function(t)
+        for i = 1, #t do t[i] = nil end
+        for i = 1, 100 do t["k" .. i] = i end
+      end) end, "a lent table changed before it was decoded")
+    end)
+  end)
+
+  it("are refused by isolate.decode, which never reads an address", function()
+    local msg = "\27ISO\3\1" .. ("\0"):rep(8) .. "\21" .. string.pack("<I4I4I8", 4, 0, 4096)
+    assert.error_matches(function() isolate.decode(msg) end, "unknown tag")
+    assert.error_matches(function() isolate.decode(msg, {trusted = true}) end, "unknown tag")
+  end)
+end)

@@ -65,6 +65,9 @@ enum Tag {
   T_OBJECT,		/* varint n, then n values: a constructor, its arguments */
   T_BORROWED,		/* varint length, 8 bytes: the address of the bytes */
   T_KEYREF,		/* as a table key only: varint id of a short key sent before */
+  T_LENT,		/* u32 narr, u32 nhash, 8 bytes: the address of a table of this
+			   process whose narr first slots are numbers or booleans to
+			   copy, then nhash pairs */
   T_SHORTSTR = 0x20,	/* 0x20-0x3f: a string of (tag - 0x20) bytes */
   T_SMALLINT = 0x80	/* 0x80-0xff: the integer (tag - 0x80) */
 };
@@ -289,6 +292,7 @@ typedef struct Encoder {
   lua_Integer npins;
   uint32_t nkeys;		/* short keys numbered */
   int inplace;			/* array parts are read in place (luatable.h) */
+  int lend;			/* tables of numbers may be lent (T_LENT) */
   KeySlot keys[KEYCACHE];
   Step path[ISOLATE_MAXDEPTH + 2];	/* an argument, then a step a level */
 } Encoder;
@@ -765,9 +769,27 @@ static lua_Integer encode_array (Encoder *e, int t, int top) {
 }
 
 
+/*
+** The number of slots of the array part of the table at 't' that a result
+** lends (T_LENT): all of them up to the first nil must be numbers or
+** booleans, and be ISOLATE_LEND or more.  0: it does not lend.
+*/
+static lua_Integer lendable (Encoder *e, int t) {
+  const LTable *h = (const LTable *)lua_topointer(e->L, t);
+  lua_Integer i, n = ASIZE(h);
+  const LTValue *v = h->array;
+  if (n < ISOLATE_LEND) return 0;
+  for (i = 0; i < n; i++, v++)
+    if (v->tt_ != LT_INT && v->tt_ != LT_FLOAT && v->tt_ != LT_TRUE && v->tt_ != LT_FALSE)
+      break;
+  if (i < n && !lt_isnil(v)) return 0;	/* something else: encoded */
+  return i >= ISOLATE_LEND ? i : 0;
+}
+
+
 static void encode_table (Encoder *e, int t) {
   lua_State *L = e->L;
-  lua_Integer narr = 0;
+  lua_Integer narr = 0, lent = 0;
   uint32_t nhash = 0;
   unsigned char *counts;
   int hasmt, top;
@@ -788,16 +810,23 @@ static void encode_table (Encoder *e, int t) {
   top = lua_gettop(L);		/* the metatable, if any */
   counts = reserve(e, 9);	/* tag, narr, nhash */
   counts[0] = hasmt ? T_TABLEMT : T_TABLE;
+  if (e->lend && !hasmt && (lent = narr = lendable(e, t)) > 0) {
+    counts[0] = T_LENT;
+    put_le(reserve(e, 8), (uint64_t)(uintptr_t)lua_topointer(L, t), 8);
+    e->b->borrowed += (size_t)narr * sizeof(LTValue);
+    pin(e, t);
+  }
   step(e, S_INDEX, 0, 0, NULL);
   s = &e->path[e->depth - 1];
-  if (e->inplace && (narr = encode_array(e, t, top)) > 0)
+  if (lent == 0 && e->inplace) narr = encode_array(e, t, top);
+  if (narr > 0)
     lua_pushinteger(L, narr);	/* in the array part: next goes on from there */
   else lua_pushnil(L);
   while (lua_next(L, t)) {	/* key at top + 1, value at top + 2 */
     int kind = S_KEYOF;
     if (lua_isinteger(L, top + 1)) {
       lua_Integer k = lua_tointeger(L, top + 1);
-      if (nhash == 0 && k == narr + 1 && narr < UINT32_MAX) {
+      if (nhash == 0 && k == narr + 1 && narr < UINT32_MAX && lent == 0) {
         s->kind = S_INDEX;
         s->n = ++narr;
         encode(e, top + 2);
@@ -1018,6 +1047,7 @@ static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
   e.seenmem = NULL;
   e.nkeys = 0;
   e.inplace = intable_usable(L);
+  e.lend = e.inplace && borrow != 0 && role == ROLE_RESULT;
   memset(e.keys, 0, sizeof(e.keys));
   names_open(L, &e.names);
   if (!w_bytes(b, magic, sizeof(magic)) || !w_tagvarint(b, -1, (uint64_t)n))
@@ -1268,19 +1298,51 @@ static uint64_t decode_run (Decoder *d, const LTable *h, uint64_t i, uint64_t na
 }
 
 
-static void decode_table (Decoder *d, int hasmt) {
+/*
+** The slots that a T_LENT lends, from the table of this process at 'src'
+** into the array part 'h' of the table being made.  The lender's state
+** is idle until the message is decoded, but an __isolate of a later
+** result may have changed its table meanwhile: what is not a number or a
+** boolean now is refused, not copied.
+*/
+static void copy_lent (Decoder *d, const LTable *src, const LTable *h, uint64_t narr) {
+  const LTValue *from;
+  LTValue *to = h->array;
+  uint64_t i;
+  if (lt_asize(src) < narr || lt_asize(h) < narr)
+    bad(d, "a lent table changed before it was decoded");
+  for (i = 0, from = src->array; i < narr; i++, from++, to++) {
+    if (from->tt_ != LT_INT && from->tt_ != LT_FLOAT && from->tt_ != LT_TRUE &&
+        from->tt_ != LT_FALSE)
+      bad(d, "a lent table changed before it was decoded");
+    *to = *from;
+  }
+}
+
+
+static void decode_table (Decoder *d, int tag) {
   lua_State *L = d->L;
   const unsigned char *counts = take(d, 8);
   uint64_t narr = get_le(counts, 4), nhash = get_le(counts + 4, 4), i;
-  const LTable *h;
-  int t;
-  promise(d, narr + 2 * nhash + (hasmt ? 1 : 0), "table larger than its input");
+  const LTable *h, *lender = NULL;
+  int t, hasmt = (tag == T_TABLEMT);
+  if (tag == T_LENT) {		/* only in a message of this process */
+    if (!(d->flags & CODEC_BORROWED) || !d->inplace) bad(d, "unknown tag");
+    lender = (const LTable *)(uintptr_t)get_le(take(d, 8), 8);
+    if (lt_asize(lender) < narr) bad(d, "a lent table changed before it was decoded");
+    promise(d, 2 * nhash, "table larger than its input");
+  }
+  else promise(d, narr + 2 * nhash + (hasmt ? 1 : 0), "table larger than its input");
   dec_enter(d);
   lua_createtable(L, narr > INT_MAX ? INT_MAX : (int)narr,
                   nhash > INT_MAX ? INT_MAX : (int)nhash);
   t = lua_gettop(L);
   newref(d);
   h = (const LTable *)lua_topointer(L, t);
+  if (lender != NULL) {
+    copy_lent(d, lender, h, narr);
+    narr = 0;			/* (done) */
+  }
   if (!d->inplace || lt_asize(h) < narr) h = NULL;
   for (i = 1; i <= narr; i++) {
     if (h != NULL && (i = decode_run(d, h, i, narr)) > narr) break;
@@ -1453,7 +1515,7 @@ static void decode (Decoder *d, int tag) {
       lua_pushlstring(L, s, len);
       break;
     }
-    case T_TABLE: case T_TABLEMT: decode_table(d, tag == T_TABLEMT); break;
+    case T_TABLE: case T_TABLEMT: case T_LENT: decode_table(d, tag); break;
     case T_REF: {
       uint64_t id = varint(d);
       if (id < 1 || id > (uint64_t)d->nextid) bad(d, "bad reference");

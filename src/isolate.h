@@ -36,6 +36,17 @@
 #endif
 
 /*
+** A task's result that is a table whose array part holds this many
+** numbers and booleans or more (1 MiB of Lua's slots) is lent the same
+** way: the caller copies the slots from the isolate's table, in one pass
+** (src/luatable.h).  Results only: a caller's argument could change while
+** its isolate reads it.
+*/
+#if !defined(ISOLATE_LEND)
+#define ISOLATE_LEND		(1u << 16)
+#endif
+
+/*
 ** How long a caller about to sleep until its job ends spins first
 ** (microseconds).  Waking a sleeping thread costs tens of microseconds on
 ** some machines, more than a small isolate's whole run.
