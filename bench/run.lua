@@ -303,8 +303,9 @@ do
       unit or "ms", v / b, goal and string.format("  (goal <= %.1f: %s)", goal, v / b <= goal and "met" or "NOT MET") or ""))
   end
   ratio("cold: 1e6 integers returned, after the build", "ints-run", "building them in the caller", "ints-local", 0.5)
-  -- what reading and writing array parts in place bought (src/luatable.h)
-  ratio("  the same, arrays in place", "ints-run", "through the C API (ISOLATE_API_ONLY)",
+  -- what reading, writing and lending array parts in place bought
+  -- (src/luatable.h)
+  ratio("  the same, arrays in place and lent", "ints-run", "through the C API (ISOLATE_API_ONLY)",
     "ISOLATE_API_ONLY=1 ints-run")
   ratio("cold: 100k records returned, after the build", "recs-run", "building them in the caller", "recs-local", 0.6)
   ratio("cold: 64 MiB string, argument and result of run", "str-run", "memcpy into fresh memory", "str-copy", 2.0)
