@@ -672,9 +672,10 @@ describe("lent arrays of numbers", function()
       end, LEND, change)
     end
 
-    it("a number changed comes through as it is when the caller copies it", function()
-      local t, made = after(function(t) t[10] = 0.25 end)
+    it("a number or a nil put there comes through as it is when the caller copies it", function()
+      local t, made = after(function(t) t[10], t[11] = 0.25, nil end)
       assert.equal(inplace and 0.25 or 10, t[10])	-- (copied at once through the C API)
+      if inplace then assert.is_nil(t[11]) else assert.equal(11, t[11]) end
       assert.equal("made", made)
     end)
 

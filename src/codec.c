@@ -1302,8 +1302,8 @@ static uint64_t decode_run (Decoder *d, const LTable *h, uint64_t i, uint64_t na
 ** The slots that a T_LENT lends, from the table of this process at 'src'
 ** into the array part 'h' of the table being made.  The lender's state
 ** is idle until the message is decoded, but an __isolate of a later
-** result may have changed its table meanwhile: what is not a number or a
-** boolean now is refused, not copied.
+** result may have changed its table meanwhile: a nil is copied as one,
+** and what is not a nil, a number or a boolean now is refused.
 */
 static void copy_lent (Decoder *d, const LTable *src, const LTable *h, uint64_t narr) {
   const LTValue *from;
@@ -1312,10 +1312,11 @@ static void copy_lent (Decoder *d, const LTable *src, const LTable *h, uint64_t 
   if (lt_asize(src) < narr || lt_asize(h) < narr)
     bad(d, "a lent table changed before it was decoded");
   for (i = 0, from = src->array; i < narr; i++, from++, to++) {
-    if (from->tt_ != LT_INT && from->tt_ != LT_FLOAT && from->tt_ != LT_TRUE &&
-        from->tt_ != LT_FALSE)
-      bad(d, "a lent table changed before it was decoded");
-    *to = *from;
+    if (from->tt_ == LT_INT || from->tt_ == LT_FLOAT || from->tt_ == LT_TRUE ||
+        from->tt_ == LT_FALSE)
+      *to = *from;
+    else if (lt_isnil(from)) to->tt_ = LT_NIL;
+    else bad(d, "a lent table changed before it was decoded");
   }
 }
 
