@@ -111,15 +111,16 @@ static int w_bytes (Buffer *b, const void *s, size_t n) {
 
 /* an optional tag byte (tag < 0: none), then 'v' as an unsigned LEB128 */
 static int w_tagvarint (Buffer *b, int tag, uint64_t v) {
-  unsigned char tmp[11];
-  size_t n = 0;
-  if (tag >= 0) tmp[n++] = (unsigned char)tag;
+  unsigned char *p = buffer_reserve(b, 11), *q = p;	/* (1 + 10 at most) */
+  if (p == NULL) return 0;
+  if (tag >= 0) *q++ = (unsigned char)tag;
   while (v >= 0x80) {
-    tmp[n++] = (unsigned char)(v | 0x80);
+    *q++ = (unsigned char)(v | 0x80);
     v >>= 7;
   }
-  tmp[n++] = (unsigned char)v;
-  return w_bytes(b, tmp, n);
+  *q++ = (unsigned char)v;
+  buffer_unreserve(b, (size_t)(p + 11 - q));
+  return 1;
 }
 
 static int w_string (Buffer *b, const char *s, size_t len) {
