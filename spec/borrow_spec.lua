@@ -690,6 +690,51 @@ describe("lent arrays of numbers", function()
     end)
   end)
 
+  -- (an __isolate that finds the results on the stack of the C function
+  -- that encodes them, with the debug library, and drops them)
+  local function dropping(value, refill)
+    return setmetatable({}, {__isolate = function()
+      local i = 1
+      while true do
+        local name, v = debug.getlocal(2, i)
+        if not name then break end
+        if rawequal(v, value) then debug.setlocal(2, i, nil)
+        elseif type(v) == "table" then
+          for k, x in pairs(v) do if rawequal(x, value) then v[k] = nil end end
+        end
+        i = i + 1
+      end
+      value = nil
+      collectgarbage(); collectgarbage()
+      if refill then KEEP = refill() end	-- (memory freed would be taken again)
+      return function() return "made" end
+    end})
+  end
+
+  it("dropped and collected before the caller copies them: still what was lent", function()
+    local t, made = isolate.run(function(n, dropping)
+      local t = {}
+      for i = 1, n do t[i] = i end
+      return t, dropping(t, function()
+        local u = {}
+        for i = 1, n do u[i] = 99 end
+        return u
+      end)
+    end, LEND, dropping)
+    assert.equal("made", made)
+    assert.equal(1, t[1])
+    assert.equal(LEND, t[LEND])
+  end)
+
+  it("and the same for a borrowed string", function()
+    local s, made = isolate.run(function(n, dropping)
+      local s = ("x"):rep(n)
+      return s, dropping(s, function() return ("y"):rep(n) end)
+    end, 2 * BORROW, dropping)
+    assert.equal("made", made)
+    assert.equal(("x"):rep(2 * BORROW), s)
+  end)
+
   it("are refused by isolate.decode, which never reads an address", function()
     local msg = "\27ISO\3\1" .. ("\0"):rep(8) .. "\21" .. string.pack("<I4I4I8", 4, 0, 4096)
     assert.error_matches(function() isolate.decode(msg) end, "unknown tag")

@@ -308,3 +308,29 @@ describe("isolate.completed", function()
     assert.is_true(poll.now() - t0 < 5, string.format("took %.1f s", poll.now() - t0))
   end)
 end)
+
+describe("isolate.core.chunk", function()
+  it("takes only a message of encodefn, never an encoder's own buffer (reached with the debug library)", function()
+    local core = require "isolate.core"
+    local err
+    local obj = setmetatable({}, {__isolate = function()
+      for i = 1, 20 do
+        local name, v = debug.getlocal(2, i)		-- isolate.encode's C frame
+        if not name then break end
+        if type(v) == "userdata" then
+          local ok, e = pcall(core.chunk, nil, v, {1}, 1, 1, {})
+          err = err or (not ok and e)
+          assert(not ok, "chunk took an encoder's buffer")
+        end
+      end
+      return function() return "made" end
+    end})
+    isolate.encode({[1.5] = obj})
+    assert.matches("isolate.FunctionMessage expected", err)
+    local tasks = {}
+    core.chunk(nil, core.encodefn(function(x) return x * 2 end), {21}, 1, 1, tasks)
+    local out = {}
+    core.into(tasks[1], out, 1)
+    assert.same({42}, out)
+  end)
+end)

@@ -84,16 +84,21 @@ int buffer_copy (Buffer *dst, const Buffer *src) {
 }
 
 
-static int buffer_gc (lua_State *L) {
-  buffer_free((Buffer *)luaL_checkudata(L, 1, "isolate.Buffer"));
+static int buffer_gc (lua_State *L) {	/* upvalue: the type's name */
+  buffer_free((Buffer *)luaL_checkudata(L, 1, lua_tostring(L, lua_upvalueindex(1))));
   return 0;
 }
 
 Buffer *buffer_push (lua_State *L) {
+  return buffer_pushas(L, "isolate.Buffer");
+}
+
+Buffer *buffer_pushas (lua_State *L, const char *tname) {
   Buffer *b = (Buffer *)lua_newuserdatauv(L, sizeof(Buffer), 0);
   memset(b, 0, sizeof(Buffer));
-  if (luaL_newmetatable(L, "isolate.Buffer")) {
-    lua_pushcfunction(L, buffer_gc);
+  if (luaL_newmetatable(L, tname)) {
+    lua_pushstring(L, tname);
+    lua_pushcclosure(L, buffer_gc, 1);
     lua_setfield(L, -2, "__gc");
     lua_pushboolean(L, 0);	/* getmetatable(buffer) is false: no __gc by hand */
     lua_setfield(L, -2, "__metatable");

@@ -104,5 +104,7 @@ static inline const unsigned char *reader_take (Reader *r, size_t n) {
 */
 struct lua_State;
 Buffer *buffer_push (struct lua_State *L);
+/* the same, of a type of its own: a Buffer that only its maker reads */
+Buffer *buffer_pushas (struct lua_State *L, const char *tname);
 
 #endif

@@ -1301,10 +1301,18 @@ static int putchunk (lua_State *L, Buffer *b, void *ud) {
 
 static Pool *checkpool (lua_State *L, int arg);
 
+/*
+** The type of encodefn's messages: chunk decodes what it is given on a
+** worker, as a message of this process, so it takes no other Buffer (an
+** encoder's own, still being written, can be reached with the debug
+** library).
+*/
+#define FUNCTION_MESSAGE	"isolate.FunctionMessage"
+
 static int l_chunk (lua_State *L) {
   Pool *p = lua_isnil(L, 1) ? defaultpool(L) : checkpool(L, 1);
   MapChunk c;
-  c.fn = (const Buffer *)luaL_checkudata(L, 2, "isolate.Buffer");
+  c.fn = (const Buffer *)luaL_checkudata(L, 2, FUNCTION_MESSAGE);
   luaL_checktype(L, 3, LUA_TTABLE);
   c.i = luaL_checkinteger(L, 4);
   c.j = luaL_checkinteger(L, 5);
@@ -1325,7 +1333,7 @@ static int l_encodefn (lua_State *L) {
   Buffer *b;
   luaL_checktype(L, 1, LUA_TFUNCTION);
   lua_settop(L, 1);
-  b = buffer_push(L);
+  b = buffer_pushas(L, FUNCTION_MESSAGE);
   codec_encode(L, b, 1, 1, ROLE_CALL);
   return 1;
 }
