@@ -735,6 +735,27 @@ describe("lent arrays of numbers", function()
     assert.equal(("x"):rep(2 * BORROW), s)
   end)
 
+  it("memory freed while the results are sent is held, and counts toward the memory limit", function()
+    local pool = isolate.pool{size = 1, memory_limit = 8 * 1024 * 1024}
+    local ok, err = pcall(pool.run, pool, function()
+      return setmetatable({}, {__isolate = function()
+        for _ = 1, 200 do		-- 32 MB made and dropped, 8 MB allowed
+          local t = {}
+          for j = 1, 10000 do t[j] = j end
+          t = nil
+          collectgarbage()
+        end
+        return function() return "made" end
+      end})
+    end)
+    assert.is_false(ok)
+    assert.equal("memory", err.kind)
+    assert.equal("made", pool:run(function()		-- the pool goes on
+      return setmetatable({}, {__isolate = function() return function() return "made" end end})
+    end))
+    pool:close()
+  end)
+
   it("are refused by isolate.decode, which never reads an address", function()
     local msg = "\27ISO\3\1" .. ("\0"):rep(8) .. "\21" .. string.pack("<I4I4I8", 4, 0, 4096)
     assert.error_matches(function() isolate.decode(msg) end, "unknown tag")

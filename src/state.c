@@ -225,8 +225,9 @@ static atomic_size_t failalloc;
 ** runs while they are encoded (an __isolate) can reach and drop what they
 ** point to, with the debug library, and collect it.  So from then on a
 ** block that Lua frees is held as it is, never reused nor released, until
-** the state is closed, when its messages have been decoded.  (A block
-** that cannot be noted is never released.)
+** the state is closed, when its messages have been decoded.  A held block
+** still counts toward the memory limit.  (A block that cannot be noted is
+** never released.)
 */
 static void hold (Isolate *iso, void *p, size_t n) {
   if (iso->nheld == iso->capheld) {
@@ -257,15 +258,19 @@ static void release_held (Isolate *iso) {
 static void *allocf (void *ud, void *ptr, size_t osize, size_t nsize) {
   Isolate *iso = (Isolate *)ud;
   size_t old = ptr == NULL ? 0 : osize;	/* else osize tells the type */
+  int moves = iso->hold && old > 0;	/* to a new block, the old one held */
+  size_t more = moves ? nsize : nsize - old;	/* (a held block still counts) */
   void *block;
   if (nsize == 0) {
     if (iso->hold && ptr != NULL) hold(iso, ptr, old);
-    else heap_free(&iso->slab, ptr, old);
-    iso->used -= old;
+    else {
+      heap_free(&iso->slab, ptr, old);
+      iso->used -= old;
+    }
     return NULL;
   }
-  if (nsize > old) {
-    if (iso->limit != 0 && nsize - old > iso->limit - iso->used) {
+  if (nsize > old || moves) {
+    if (iso->limit != 0 && more > iso->limit - iso->used) {
       iso->limited = 1;
       return NULL;
     }
@@ -278,13 +283,13 @@ static void *allocf (void *ud, void *ptr, size_t osize, size_t nsize) {
       if (iso->allocs == iso->failat + 1 && nsize == iso->failsize) return NULL;
     }
   }
-  if (iso->hold && old > 0) {	/* a new block: the old one is held */
+  if (moves) {
     if ((block = heap_realloc(&iso->slab, NULL, 0, nsize)) == NULL) return NULL;
     memcpy(block, ptr, old < nsize ? old : nsize);
     hold(iso, ptr, old);
   }
   else block = heap_realloc(&iso->slab, ptr, old, nsize);
-  if (block != NULL) iso->used += nsize - old;	/* modulo 2^n: shrinking too */
+  if (block != NULL) iso->used += more;	/* modulo 2^n: shrinking too */
   return block;
 }
 
