@@ -711,48 +711,49 @@ describe("lent arrays of numbers", function()
     end})
   end
 
-  it("dropped and collected before the caller copies them: still what was lent", function()
-    local t, made = isolate.run(function(n, dropping)
+  it("dropped and collected by an __isolate before the caller copies them: an error, not a read", function()
+    local refill = function() local u = {} for i = 1, LEND do u[i] = 99 end return u end
+    assert.error_matches(function()
+      isolate.run(function(n, dropping, refill)
+        local t = {}
+        for i = 1, n do t[i] = i end
+        return t, dropping(t, refill)
+      end, LEND, dropping, refill)
+    end, "a value that the message borrows was dropped while it was encoded %(by an __isolate%)")
+  end)
+
+  it("and the same for a borrowed string, in the results and in run's arguments", function()
+    local pattern = "a value that the message borrows was dropped while it was encoded"
+    assert.error_matches(function()
+      isolate.run(function(n, dropping)
+        local s = ("x"):rep(n)
+        return s, dropping(s, function() return ("y"):rep(n) end)
+      end, 2 * BORROW, dropping)
+    end, pattern)
+    local s = ("x"):rep(2 * BORROW)
+    local ok, err = pcall(isolate.run, function(a) return #a end, s, dropping(s))
+    assert.is_false(ok)
+    assert.matches(pattern, tostring(err))
+    assert.equal(2 * BORROW, isolate.run(function(a) return #a end, s))	-- (it goes on)
+  end)
+
+  it("leave the memory that an __isolate makes and drops to its collector, under a memory limit", function()
+    local pool = isolate.pool{size = 1, memory_limit = 8 * 1024 * 1024}
+    local t, made = pool:run(function(n)
       local t = {}
       for i = 1, n do t[i] = i end
-      return t, dropping(t, function()
-        local u = {}
-        for i = 1, n do u[i] = 99 end
-        return u
-      end)
-    end, LEND, dropping)
-    assert.equal("made", made)
-    assert.equal(1, t[1])
-    assert.equal(LEND, t[LEND])
-  end)
-
-  it("and the same for a borrowed string", function()
-    local s, made = isolate.run(function(n, dropping)
-      local s = ("x"):rep(n)
-      return s, dropping(s, function() return ("y"):rep(n) end)
-    end, 2 * BORROW, dropping)
-    assert.equal("made", made)
-    assert.equal(("x"):rep(2 * BORROW), s)
-  end)
-
-  it("memory freed while the results are sent is held, and counts toward the memory limit", function()
-    local pool = isolate.pool{size = 1, memory_limit = 8 * 1024 * 1024}
-    local ok, err = pcall(pool.run, pool, function()
-      return setmetatable({}, {__isolate = function()
+      return t, setmetatable({}, {__isolate = function()
         for _ = 1, 200 do		-- 32 MB made and dropped, 8 MB allowed
-          local t = {}
-          for j = 1, 10000 do t[j] = j end
-          t = nil
+          local u = {}
+          for j = 1, 10000 do u[j] = j end
+          u = nil
           collectgarbage()
         end
         return function() return "made" end
       end})
-    end)
-    assert.is_false(ok)
-    assert.equal("memory", err.kind)
-    assert.equal("made", pool:run(function()		-- the pool goes on
-      return setmetatable({}, {__isolate = function() return function() return "made" end end})
-    end))
+    end, LEND)
+    assert.equal("made", made)
+    assert.equal(LEND, #t)
     pool:close()
   end)
 

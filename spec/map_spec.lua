@@ -328,6 +328,18 @@ describe("isolate.core.chunk", function()
     isolate.encode({[1.5] = obj})
     assert.matches("isolate.FunctionMessage expected", err)
     local tasks = {}
+    local T = {setmetatable({}, {__isolate = function()	-- encodefn's own, unfinished
+      for level = 2, 3 do
+        for i = 1, 20 do
+          local name, v = debug.getlocal(level, i)
+          if name and type(v) == "userdata" then
+            assert(not pcall(core.chunk, nil, v, {1}, 1, 1, {}), "chunk took an unfinished message")
+          end
+        end
+      end
+      return function() return "made" end
+    end})}
+    core.encodefn(function() return #T end)
     core.chunk(nil, core.encodefn(function(x) return x * 2 end), {21}, 1, 1, tasks)
     local out = {}
     core.into(tasks[1], out, 1)

@@ -291,6 +291,9 @@ typedef struct Encoder {
   size_t borrow;		/* strings this long or longer are borrowed (0: none) */
   int pins;			/* stack index: what the message borrows (made when needed) */
   lua_Integer npins;
+  int pinnedat;			/* stack index of the userdata that owns 'pinned' */
+  Buffer *pinned;		/* the address of each pin, in order */
+  int ran;			/* Lua code ran (an __isolate) */
   uint32_t nkeys;		/* short keys numbered */
   int inplace;			/* array parts are read in place (luatable.h) */
   int lend;			/* tables of numbers may be lent (T_LENT) */
@@ -632,13 +635,42 @@ static void put_key (Encoder *e, int idx) {
 /* the value at 'idx' stays alive as long as the message: it borrows from it */
 static void pin (Encoder *e, int idx) {
   lua_State *L = e->L;
+  const void **p;
   if (e->borrow == 0) return;	/* (the caller keeps its values alive) */
   if (lua_isnil(L, e->pins)) {
     lua_newtable(L);
     lua_replace(L, e->pins);
+    e->pinned = buffer_push(L);
+    lua_replace(L, e->pinnedat);
   }
+  if ((p = (const void **)buffer_reserve(e->pinned, sizeof(*p))) == NULL) nomem(e);
+  *p = lua_topointer(L, idx);
   lua_pushvalue(L, idx);
   lua_rawseti(L, e->pins, ++e->npins);
+}
+
+
+/*
+** Lua code that ran while the message was encoded (an __isolate) could
+** reach the pins with the debug library and drop them, and have what the
+** message borrows collected: each pin must still be what it was, or the
+** message is refused.  (Its addresses are kept where Lua cannot reach.)
+*/
+static void checkpins (Encoder *e) {
+  lua_State *L = e->L;
+  Reader r;
+  lua_Integer k;
+  reader_init(&r, e->pinned);
+  for (k = 1; k <= e->npins; k++) {
+    const void *was = *(const void *const *)reader_take(&r, sizeof(was));
+    lua_rawgeti(L, e->pins, k);
+    if (lua_topointer(L, -1) != was) {
+      e->depth = 0;		/* (no path: not one value's fault) */
+      fail(e, "a value that the message borrows was dropped while it was "
+              "encoded (by an __isolate)");
+    }
+    lua_pop(L, 1);
+  }
 }
 
 
@@ -676,6 +708,7 @@ static int encode_object (Encoder *e, int idx) {
     fail(e, "C stack overflow (transfers nested in __isolate)");
   lua_pushvalue(L, idx);
   nested++;
+  e->ran = 1;
   status = lua_pcall(L, 1, LUA_MULTRET, 0);
   nested--;
   names_reset(L, &e->names);	/* Lua code ran: it may have loaded modules */
@@ -1037,13 +1070,16 @@ static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
   isolate_checkstack(L, 8);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   e.globals = top + 1;
-  lua_settop(L, top + 6);	/* five tables, made when first needed */
+  lua_settop(L, top + 7);	/* five tables and a userdata, made when needed */
   e.seen = top + 2;
   e.upvals = top + 3;
   e.used = top + 4;
   e.kept = top + 5;
   e.pins = top + 6;
   e.npins = 0;
+  e.pinnedat = top + 7;
+  e.pinned = NULL;
+  e.ran = 0;
   e.seenp = NULL;
   e.seenmem = NULL;
   e.nkeys = 0;
@@ -1061,7 +1097,9 @@ static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
     unstep(&e);
   }
   put_names(&e, offset, start);
+  if (e.ran && e.npins > 0) checkpins(&e);
   if (e.seenmem != NULL) buffer_free(e.seenmem);	/* now, not at the next cycle */
+  if (e.pinned != NULL) buffer_free(e.pinned);
   if (borrow != 0) {		/* what it borrows: the caller keeps it */
     lua_pushvalue(L, e.pins);
     lua_replace(L, top + 1);

@@ -1333,8 +1333,9 @@ static int l_encodefn (lua_State *L) {
   Buffer *b;
   luaL_checktype(L, 1, LUA_TFUNCTION);
   lua_settop(L, 1);
-  b = buffer_pushas(L, FUNCTION_MESSAGE);
-  codec_encode(L, b, 1, 1, ROLE_CALL);
+  b = buffer_push(L);
+  codec_encode(L, b, 1, 1, ROLE_CALL);	/* (an __isolate may see it unfinished) */
+  buffer_move(buffer_pushas(L, FUNCTION_MESSAGE), b);	/* whole: of chunk's type */
   return 1;
 }
 

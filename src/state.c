@@ -195,9 +195,6 @@ typedef struct Isolate {
   int unwinding;		/* an exit is unwinding where nothing swallows it */
   size_t allocs, failat;	/* allocation-failure injection (tests) */
   size_t failsize;
-  int hold;			/* blocks freed are held, not released (allocf) */
-  struct Held { void *p; size_t n; } *held;
-  size_t nheld, capheld;
   Slab slab;
 } Isolate;
 
@@ -220,37 +217,6 @@ static atomic_size_t failalloc;
 
 
 /*
-** From the encoding of its results on, a state's messages may point into
-** its memory (a borrowed string, a lent table: codec.h), and Lua code that
-** runs while they are encoded (an __isolate) can reach and drop what they
-** point to, with the debug library, and collect it.  So from then on a
-** block that Lua frees is held as it is, never reused nor released, until
-** the state is closed, when its messages have been decoded.  A held block
-** still counts toward the memory limit.  (A block that cannot be noted is
-** never released.)
-*/
-static void hold (Isolate *iso, void *p, size_t n) {
-  if (iso->nheld == iso->capheld) {
-    size_t cap = iso->capheld == 0 ? 16 : 2 * iso->capheld;
-    struct Held *h = (struct Held *)realloc(iso->held, cap * sizeof(*h));
-    if (h == NULL) return;
-    iso->held = h;
-    iso->capheld = cap;
-  }
-  iso->held[iso->nheld].p = p;
-  iso->held[iso->nheld++].n = n;
-}
-
-static void release_held (Isolate *iso) {
-  size_t i;
-  for (i = 0; i < iso->nheld; i++) heap_free(&iso->slab, iso->held[i].p, iso->held[i].n);
-  free(iso->held);
-  iso->held = NULL;
-  iso->nheld = iso->capheld = 0;
-}
-
-
-/*
 ** The isolate's allocator counts the bytes its state holds, for the pool's
 ** memory limit: past it, an allocation fails, Lua collects and tries once
 ** more, then raises its memory error.
@@ -258,19 +224,14 @@ static void release_held (Isolate *iso) {
 static void *allocf (void *ud, void *ptr, size_t osize, size_t nsize) {
   Isolate *iso = (Isolate *)ud;
   size_t old = ptr == NULL ? 0 : osize;	/* else osize tells the type */
-  int moves = iso->hold && old > 0;	/* to a new block, the old one held */
-  size_t more = moves ? nsize : nsize - old;	/* (a held block still counts) */
   void *block;
   if (nsize == 0) {
-    if (iso->hold && ptr != NULL) hold(iso, ptr, old);
-    else {
-      heap_free(&iso->slab, ptr, old);
-      iso->used -= old;
-    }
+    heap_free(&iso->slab, ptr, old);
+    iso->used -= old;
     return NULL;
   }
-  if (nsize > old || moves) {
-    if (iso->limit != 0 && more > iso->limit - iso->used) {
+  if (nsize > old) {
+    if (iso->limit != 0 && nsize - old > iso->limit - iso->used) {
       iso->limited = 1;
       return NULL;
     }
@@ -283,13 +244,8 @@ static void *allocf (void *ud, void *ptr, size_t osize, size_t nsize) {
       if (iso->allocs == iso->failat + 1 && nsize == iso->failsize) return NULL;
     }
   }
-  if (moves) {
-    if ((block = heap_realloc(&iso->slab, NULL, 0, nsize)) == NULL) return NULL;
-    memcpy(block, ptr, old < nsize ? old : nsize);
-    hold(iso, ptr, old);
-  }
-  else block = heap_realloc(&iso->slab, ptr, old, nsize);
-  if (block != NULL) iso->used += more;	/* modulo 2^n: shrinking too */
+  block = heap_realloc(&iso->slab, ptr, old, nsize);
+  if (block != NULL) iso->used += nsize - old;	/* modulo 2^n: shrinking too */
   return block;
 }
 
@@ -898,9 +854,7 @@ void state_close (lua_State *L) {
   if (L != NULL) {
     Isolate *iso = current(L);
     iso->closing = 1;		/* finalizers start no isolates now */
-    iso->hold = 0;		/* its messages are decoded: lua_close frees */
     lua_close(L);
-    release_held(iso);
     buffer_free(&iso->exitbuf);
     buffer_free(&iso->initrec);
     slab_close(&iso->slab);
@@ -949,10 +903,8 @@ static int body (lua_State *L) {
   }
   if (iso->exit != EXIT_NONE) return 0;
   lua_gc(L, LUA_GCSTOP);	/* the state ends after this: so does its garbage */
-  if (index == 0) {
-    iso->hold = 1;		/* what the results borrow stays where it is */
+  if (index == 0)
     codec_encodeborrowing(L, iso->out, 2, lua_gettop(L) - 1, ROLE_RESULT);
-  }
   else
     codec_encodelist(L, iso->out, 2, lua_gettop(L) - 1, ROLE_ITEMRESULT, index - 1,
                      &iso->index);	/* the failing item's */
