@@ -765,6 +765,17 @@ describe("objects that travel", function()
   end)
 
   describe("hostile __isolate and constructors", function()
+    it("an __isolate or a constructor that replaces the values on the codec's stack (debug library): an error, not a crash (subprocess)", function()
+      local r = sub.run("spec/scenario/clobber.lua", {}, {timeout = 60})
+      assert.equal(0, r.code, r.report)
+      assert.equal(table.concat({
+        "encode: isolate: an __isolate changed the values being sent (with the debug library)",
+        "run's arguments: isolate: an __isolate changed the values being sent (with the debug library)",
+        "run's results: isolate: an __isolate changed the values being sent (with the debug library)",
+        "decode: isolate: a constructor changed the values being made (with the debug library)",
+        "after: 3", ""}, "\n"), r.stdout, r.report)
+    end)
+
     it("an __isolate that changes the table being encoded: some consistent copy, no crash", function()
       local parent = {}
       parent.obj = object(function()

@@ -683,9 +683,46 @@ static void checkpins (Encoder *e) {
 ** an object that its own results contain is refused (seen_before).
 ** Returns 0, with nothing written, if the object has no __isolate.
 */
+/*
+** What the C function that encodes or decodes holds on its stack (the
+** values being sent or made, the codec's tables, the keys it iterates
+** with), as it was before an __isolate or a constructor ran: with the
+** debug library, Lua code can replace any of them, and the codec would
+** then use a table that is none.
+*/
+typedef struct Slot {
+  const void *p;
+  int type;
+} Slot;
+
+static Slot *snapshot (lua_State *L, int top) {
+  Slot *s = (Slot *)malloc(sizeof(Slot) * (size_t)(top > 0 ? top : 1));
+  int i;
+  if (s == NULL) {
+    lua_pushliteral(L, "not enough memory");	/* (Lua's memory error) */
+    lua_error(L);
+  }
+  for (i = 1; i <= top; i++) {
+    s[i - 1].type = lua_type(L, i);
+    s[i - 1].p = lua_topointer(L, i);
+  }
+  return s;
+}
+
+static int same (lua_State *L, const Slot *s, int top) {
+  int i;
+  if (lua_gettop(L) < top) return 0;
+  for (i = 1; i <= top; i++)
+    if (lua_type(L, i) != s[i - 1].type || lua_topointer(L, i) != s[i - 1].p)
+      return 0;
+  return 1;
+}
+
+
 static int encode_object (Encoder *e, int idx) {
   lua_State *L = e->L;
-  int top = lua_gettop(L), n, i, status;
+  int top = lua_gettop(L), n, i, status, changed;
+  Slot *was;
   lua_Integer id;
   int t = luaL_getmetafield(L, idx, "__isolate");
   if (t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
@@ -707,10 +744,17 @@ static int encode_object (Encoder *e, int idx) {
   if (nested >= ISOLATE_CODEC_NEST)
     fail(e, "C stack overflow (transfers nested in __isolate)");
   lua_pushvalue(L, idx);
+  was = snapshot(L, top);
   nested++;
   e->ran = 1;
   status = lua_pcall(L, 1, LUA_MULTRET, 0);
   nested--;
+  changed = !same(L, was, top);
+  free(was);
+  if (changed) {
+    e->depth = 0;		/* (its path is on that stack too) */
+    fail(e, "an __isolate changed the values being sent (with the debug library)");
+  }
   names_reset(L, &e->names);	/* Lua code ran: it may have loaded modules */
   if (status == LUA_ERRMEM) lua_error(L);	/* a memory error stays one */
   if (status != LUA_OK)
@@ -1499,7 +1543,8 @@ static void decode_object (Decoder *d) {
   lua_State *L = d->L;
   uint64_t n, i;
   lua_Integer id;
-  int status;
+  int status, base, changed;
+  Slot *was;
   if (!(d->flags & CODEC_TRUSTED)) refused(d, "object with __isolate");
   n = varint(d);
   if (n < 1) bad(d, "object without a constructor");
@@ -1517,9 +1562,18 @@ static void decode_object (Decoder *d) {
   if (!lua_isfunction(L, -(int)n)) bad(d, "object constructor is not a function");
   if (nested >= ISOLATE_CODEC_NEST)
     luaL_error(L, "isolate: C stack overflow (transfers nested in constructors)");
+  base = lua_gettop(L) - (int)n;
+  was = snapshot(L, base);
   nested++;
   status = lua_pcall(L, (int)n - 1, 1, 0);
   nested--;
+  changed = !same(L, was, base);
+  free(was);
+  if (changed) {
+    lua_pushliteral(L, "isolate: a constructor changed the values being made "
+                       "(with the debug library)");
+    lua_error(L);
+  }
   if (status != LUA_OK) lua_error(L);	/* its error, as it is */
   lua_pushvalue(L, -1);
   lua_rawseti(L, d->refs, id);
