@@ -292,6 +292,7 @@ typedef struct Encoder {
   int pins;			/* stack index: what the message borrows (made when needed) */
   lua_Integer npins;
   int pinnedat;			/* stack index of the userdata that owns 'pinned' */
+  int value;			/* stack index of the value being sent */
   Buffer *pinned;		/* the address of each pin, in order */
   int ran;			/* Lua code ran (an __isolate) */
   uint32_t nkeys;		/* short keys numbered */
@@ -695,34 +696,60 @@ typedef struct Slot {
   int type;
 } Slot;
 
-static Slot *snapshot (lua_State *L, int top) {
-  Slot *s = (Slot *)malloc(sizeof(Slot) * (size_t)(top > 0 ? top : 1));
-  int i;
-  if (s == NULL) {
+/*
+** The slots that matter: a few fixed ones ('lo'..'hi': the top-level value
+** being sent, or the decoder's tables), and all from 'from' to 'top' (the
+** encoder's tables, then what the codec works on, below the function
+** called); values done or not yet begun are none of its concern.  So a look costs what the nesting is
+** deep, not what the values are many.
+*/
+typedef struct Stack {
+  int lo, hi, from, top;
+  Slot *s;
+} Stack;
+
+static void look (lua_State *L, Slot *s, int i) {
+  s->type = lua_type(L, i);
+  s->p = lua_topointer(L, i);
+}
+
+static void snapshot (lua_State *L, Stack *k, int lo, int hi, int from, int top) {
+  int i, n;
+  k->lo = lo;
+  k->hi = hi;
+  k->from = from;
+  k->top = top;
+  n = (hi - lo + 1) + (k->top - from + 1);
+  if ((k->s = (Slot *)malloc(sizeof(Slot) * (size_t)(n > 0 ? n : 1))) == NULL) {
     lua_pushliteral(L, "not enough memory");	/* (Lua's memory error) */
     lua_error(L);
   }
-  for (i = 1; i <= top; i++) {
-    s[i - 1].type = lua_type(L, i);
-    s[i - 1].p = lua_topointer(L, i);
-  }
-  return s;
+  n = 0;
+  for (i = lo; i <= hi; i++) look(L, &k->s[n++], i);
+  for (i = from; i <= k->top; i++) look(L, &k->s[n++], i);
 }
 
-static int same (lua_State *L, const Slot *s, int top) {
-  int i;
-  if (lua_gettop(L) < top) return 0;
-  for (i = 1; i <= top; i++)
-    if (lua_type(L, i) != s[i - 1].type || lua_topointer(L, i) != s[i - 1].p)
-      return 0;
-  return 1;
+/* 1 if the slots are as they were; frees the snapshot */
+static int unchanged (lua_State *L, Stack *k) {
+  int i, n = 0, same = lua_gettop(L) >= k->top;
+  Slot now;
+  for (i = k->lo; same && i <= k->hi; i++, n++) {
+    look(L, &now, i);
+    same = now.type == k->s[n].type && now.p == k->s[n].p;
+  }
+  for (i = k->from; same && i <= k->top; i++, n++) {
+    look(L, &now, i);
+    same = now.type == k->s[n].type && now.p == k->s[n].p;
+  }
+  free(k->s);
+  return same;
 }
 
 
 static int encode_object (Encoder *e, int idx) {
   lua_State *L = e->L;
-  int top = lua_gettop(L), n, i, status, changed;
-  Slot *was;
+  int top = lua_gettop(L), n, i, status;
+  Stack was;
   lua_Integer id;
   int t = luaL_getmetafield(L, idx, "__isolate");
   if (t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
@@ -744,14 +771,12 @@ static int encode_object (Encoder *e, int idx) {
   if (nested >= ISOLATE_CODEC_NEST)
     fail(e, "C stack overflow (transfers nested in __isolate)");
   lua_pushvalue(L, idx);
-  was = snapshot(L, top);
+  snapshot(L, &was, e->value, e->value, e->globals, top);
   nested++;
   e->ran = 1;
   status = lua_pcall(L, 1, LUA_MULTRET, 0);
   nested--;
-  changed = !same(L, was, top);
-  free(was);
-  if (changed) {
+  if (!unchanged(L, &was)) {
     e->depth = 0;		/* (its path is on that stack too) */
     fail(e, "an __isolate changed the values being sent (with the debug library)");
   }
@@ -1137,6 +1162,7 @@ static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
   put_le(offset, 0, OFFSET_SIZE);
   for (i = 0; i < n; i++) {
     step(&e, stepkind[role], 0, base + i + 1, NULL);
+    e.value = first + i;
     encode(&e, first + i);
     unstep(&e);
   }
@@ -1173,6 +1199,7 @@ typedef struct Decoder {
   size_t promised;		/* bytes owed to elements counted, not yet read */
   int depth;
   int inplace;			/* numbers are written into array parts (luatable.h) */
+  int value;			/* stack index where the value being made starts */
 } Decoder;
 
 
@@ -1543,8 +1570,8 @@ static void decode_object (Decoder *d) {
   lua_State *L = d->L;
   uint64_t n, i;
   lua_Integer id;
-  int status, base, changed;
-  Slot *was;
+  int status;
+  Stack was;
   if (!(d->flags & CODEC_TRUSTED)) refused(d, "object with __isolate");
   n = varint(d);
   if (n < 1) bad(d, "object without a constructor");
@@ -1562,14 +1589,11 @@ static void decode_object (Decoder *d) {
   if (!lua_isfunction(L, -(int)n)) bad(d, "object constructor is not a function");
   if (nested >= ISOLATE_CODEC_NEST)
     luaL_error(L, "isolate: C stack overflow (transfers nested in constructors)");
-  base = lua_gettop(L) - (int)n;
-  was = snapshot(L, base);
+  snapshot(L, &was, d->refs, d->keys, d->value, lua_gettop(L) - (int)n);
   nested++;
   status = lua_pcall(L, (int)n - 1, 1, 0);
   nested--;
-  changed = !same(L, was, base);
-  free(was);
-  if (changed) {
+  if (!unchanged(L, &was)) {
     lua_pushliteral(L, "isolate: a constructor changed the values being made "
                        "(with the debug library)");
     lua_error(L);
@@ -1741,6 +1765,7 @@ int codec_decodeitems (lua_State *L, Reader *r, int flags, lua_Integer *at,
   isolate_checkstack(L, (int)n + 8);
   for (i = 0; i < n; i++) {
     if (at != NULL) *at = base + (lua_Integer)i + 1;
+    d.value = lua_gettop(L) + 1;
     decode_next(&d);
   }
   if (at != NULL) *at = 0;
