@@ -772,6 +772,8 @@ describe("objects that travel", function()
         "encode: isolate: an __isolate changed the values being sent (with the debug library)",
         "run's arguments: isolate: an __isolate changed the values being sent (with the debug library)",
         "run's results: isolate: an __isolate changed the values being sent (with the debug library)",
+        "run's own: isolate: an __isolate changed the values being sent (with the debug library)",
+        "spawn's own: isolate: an __isolate changed the values being sent (with the debug library)",
         "decode: isolate: a constructor changed the values being made (with the debug library)",
         "after: 3", ""}, "\n"), r.stdout, r.report)
     end)

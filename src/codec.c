@@ -292,7 +292,7 @@ typedef struct Encoder {
   int pins;			/* stack index: what the message borrows (made when needed) */
   lua_Integer npins;
   int pinnedat;			/* stack index of the userdata that owns 'pinned' */
-  int value;			/* stack index of the value being sent */
+  int first, value;		/* stack index of the first value, of the one being sent */
   Buffer *pinned;		/* the address of each pin, in order */
   int ran;			/* Lua code ran (an __isolate) */
   uint32_t nkeys;		/* short keys numbered */
@@ -697,14 +697,15 @@ typedef struct Slot {
 } Slot;
 
 /*
-** The slots that matter: a few fixed ones ('lo'..'hi': the top-level value
-** being sent, or the decoder's tables), and all from 'from' to 'top' (the
-** encoder's tables, then what the codec works on, below the function
-** called); values done or not yet begun are none of its concern.  So a look costs what the nesting is
-** deep, not what the values are many.
+** The slots that matter, in up to three ranges: those of the C function
+** below what the codec sends or makes, the top-level value being sent or
+** made and the codec's tables, and what the codec works on (the nesting),
+** below the function called.  Values done or not yet begun are none of
+** its concern: so a look costs what the nesting is deep, not what the
+** values are many.
 */
 typedef struct Stack {
-  int lo, hi, from, top;
+  int lo[3], hi[3];		/* inclusive; lo > hi: none */
   Slot *s;
 } Stack;
 
@@ -713,36 +714,35 @@ static void look (lua_State *L, Slot *s, int i) {
   s->p = lua_topointer(L, i);
 }
 
-static void snapshot (lua_State *L, Stack *k, int lo, int hi, int from, int top) {
-  int i, n;
-  k->lo = lo;
-  k->hi = hi;
-  k->from = from;
-  k->top = top;
-  n = (hi - lo + 1) + (k->top - from + 1);
+static void snapshot (lua_State *L, Stack *k) {
+  int r, i, n = 0;
+  for (r = 0; r < 3; r++) n += k->hi[r] >= k->lo[r] ? k->hi[r] - k->lo[r] + 1 : 0;
   if ((k->s = (Slot *)malloc(sizeof(Slot) * (size_t)(n > 0 ? n : 1))) == NULL) {
     lua_pushliteral(L, "not enough memory");	/* (Lua's memory error) */
     lua_error(L);
   }
   n = 0;
-  for (i = lo; i <= hi; i++) look(L, &k->s[n++], i);
-  for (i = from; i <= k->top; i++) look(L, &k->s[n++], i);
+  for (r = 0; r < 3; r++)
+    for (i = k->lo[r]; i <= k->hi[r]; i++) look(L, &k->s[n++], i);
 }
 
 /* 1 if the slots are as they were; frees the snapshot */
 static int unchanged (lua_State *L, Stack *k) {
-  int i, n = 0, same = lua_gettop(L) >= k->top;
+  int r, i, n = 0, same = 1;
   Slot now;
-  for (i = k->lo; same && i <= k->hi; i++, n++) {
-    look(L, &now, i);
-    same = now.type == k->s[n].type && now.p == k->s[n].p;
-  }
-  for (i = k->from; same && i <= k->top; i++, n++) {
-    look(L, &now, i);
-    same = now.type == k->s[n].type && now.p == k->s[n].p;
-  }
+  for (r = 0; r < 3; r++)
+    for (i = k->lo[r]; same && i <= k->hi[r]; i++, n++) {
+      look(L, &now, i);
+      same = now.type == k->s[n].type && now.p == k->s[n].p;
+    }
   free(k->s);
   return same;
+}
+
+static void ranges (Stack *k, int lo0, int hi0, int lo1, int hi1, int lo2, int hi2) {
+  k->lo[0] = lo0; k->hi[0] = hi0;
+  k->lo[1] = lo1; k->hi[1] = hi1;
+  k->lo[2] = lo2; k->hi[2] = hi2;
 }
 
 
@@ -771,7 +771,8 @@ static int encode_object (Encoder *e, int idx) {
   if (nested >= ISOLATE_CODEC_NEST)
     fail(e, "C stack overflow (transfers nested in __isolate)");
   lua_pushvalue(L, idx);
-  snapshot(L, &was, e->value, e->value, e->globals, top);
+  ranges(&was, 1, e->first - 1, e->value, e->value, e->globals, top);
+  snapshot(L, &was);
   nested++;
   e->ran = 1;
   status = lua_pcall(L, 1, LUA_MULTRET, 0);
@@ -1139,6 +1140,7 @@ static void encodelist (lua_State *L, Buffer *b, int first, int n, Role role,
   isolate_checkstack(L, 8);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   e.globals = top + 1;
+  e.first = first;
   lua_settop(L, top + 7);	/* five tables and a userdata, made when needed */
   e.seen = top + 2;
   e.upvals = top + 3;
@@ -1589,7 +1591,8 @@ static void decode_object (Decoder *d) {
   if (!lua_isfunction(L, -(int)n)) bad(d, "object constructor is not a function");
   if (nested >= ISOLATE_CODEC_NEST)
     luaL_error(L, "isolate: C stack overflow (transfers nested in constructors)");
-  snapshot(L, &was, d->refs, d->keys, d->value, lua_gettop(L) - (int)n);
+  ranges(&was, 1, d->keys, d->value, lua_gettop(L) - (int)n, 1, 0);
+  snapshot(L, &was);
   nested++;
   status = lua_pcall(L, (int)n - 1, 1, 0);
   nested--;

@@ -34,6 +34,17 @@ try("run's results", function()
     return r, "x"
   end, clobber)
 end)
+-- only the first value on the stack of run's C function: its own, below
+-- the values it sends
+local first = setmetatable({}, {__isolate = function()
+  for level = 2, 4 do
+    local info = debug.getinfo(level, "S")
+    if info and info.what == "C" then debug.setlocal(level, 1, 42) break end
+  end
+  return function() return "made" end
+end})
+try("run's own", function() return isolate.run(function(a, b) return b end, "x", first) end)
+try("spawn's own", function() return isolate.spawn(function(a, b) return b end, "x", first):await() end)
 local obj = setmetatable({}, {__isolate = function() return clobber end})
 local msg = isolate.encode({1, {2}, obj, "after"})
 try("decode", function() return isolate.decode(msg, {trusted = true}) end)
