@@ -633,6 +633,11 @@ static void put_key (Encoder *e, int idx) {
 }
 
 
+/* a pinned string's length (its bytes are read), 0 for other values */
+static size_t length (lua_State *L, int idx) {
+  return lua_type(L, idx) == LUA_TSTRING ? lua_rawlen(L, idx) : 0;
+}
+
 /* the value at 'idx' stays alive as long as the message: it borrows from it */
 static void pin (Encoder *e, int idx) {
   lua_State *L = e->L;
@@ -644,8 +649,9 @@ static void pin (Encoder *e, int idx) {
     e->pinned = buffer_push(L);
     lua_replace(L, e->pinnedat);
   }
-  if ((p = (const void **)buffer_reserve(e->pinned, sizeof(*p))) == NULL) nomem(e);
-  *p = lua_topointer(L, idx);
+  if ((p = (const void **)buffer_reserve(e->pinned, 2 * sizeof(*p))) == NULL) nomem(e);
+  p[0] = lua_topointer(L, idx);
+  p[1] = (const void *)(uintptr_t)length(L, idx);
   lua_pushvalue(L, idx);
   lua_rawseti(L, e->pins, ++e->npins);
 }
@@ -655,7 +661,8 @@ static void pin (Encoder *e, int idx) {
 ** Lua code that ran while the message was encoded (an __isolate) could
 ** reach the pins with the debug library and drop them, and have what the
 ** message borrows collected: each pin must still be what it was, or the
-** message is refused.  (Its addresses are kept where Lua cannot reach.)
+** message is refused.  (Their addresses and lengths are kept where Lua
+** cannot reach.)
 */
 static void checkpins (Encoder *e) {
   lua_State *L = e->L;
@@ -663,9 +670,10 @@ static void checkpins (Encoder *e) {
   lua_Integer k;
   reader_init(&r, e->pinned);
   for (k = 1; k <= e->npins; k++) {
-    const void *was = *(const void *const *)reader_take(&r, sizeof(was));
+    const void *const *was = (const void *const *)reader_take(&r, 2 * sizeof(*was));
     lua_rawgeti(L, e->pins, k);
-    if (lua_topointer(L, -1) != was) {
+    if (lua_topointer(L, -1) != was[0] ||
+        (const void *)(uintptr_t)length(L, -1) != was[1]) {
       e->depth = 0;		/* (no path: not one value's fault) */
       fail(e, "a value that the message borrows was dropped while it was "
               "encoded (by an __isolate)");
