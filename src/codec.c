@@ -891,9 +891,7 @@ static lua_Integer lendable (Encoder *e, int t) {
   lua_Integer i, n = ASIZE(h);
   const LTValue *v = h->array;
   if (n < ISOLATE_LEND) return 0;
-  for (i = 0; i < n; i++, v++)
-    if (v->tt_ != LT_INT && v->tt_ != LT_FLOAT && v->tt_ != LT_TRUE && v->tt_ != LT_FALSE)
-      break;
+  for (i = 0; i < n && lt_isscalar(v); i++, v++) ;
   if (i < n && !lt_isnil(v)) return 0;	/* something else: encoded */
   return i >= ISOLATE_LEND ? i : 0;
 }
@@ -1432,9 +1430,7 @@ static void copy_lent (Decoder *d, const LTable *src, const LTable *h, uint64_t 
   if (lt_asize(src) < narr || lt_asize(h) < narr)
     bad(d, "a lent table changed before it was decoded");
   for (i = 0, from = src->array; i < narr; i++, from++, to++) {
-    if (from->tt_ == LT_INT || from->tt_ == LT_FLOAT || from->tt_ == LT_TRUE ||
-        from->tt_ == LT_FALSE)
-      *to = *from;
+    if (lt_isscalar(from)) *to = *from;
     else if (lt_isnil(from)) to->tt_ = LT_NIL;
     else bad(d, "a lent table changed before it was decoded");
   }

@@ -59,6 +59,9 @@ typedef struct LTable {
 #define LT_FLOAT	0x13
 #define LT_EMPTY	0x10	/* an array slot that was never set */
 #define lt_isnil(v)	(((v)->tt_ & 0x0f) == 0)	/* nil, empty or absent */
+/* a number or a boolean: a value that no GC barrier concerns */
+#define lt_isscalar(v)	((v)->tt_ == LT_INT || (v)->tt_ == LT_FLOAT || \
+			 (v)->tt_ == LT_TRUE || (v)->tt_ == LT_FALSE)
 
 #define LT_NOTREALASIZE	0x80
 
