@@ -225,4 +225,92 @@ describe("arrays in place", function()
       assert.error_matches(function() isolate.decode(array(2, "\129\31")) end, "cannot decode")
     end)
   end)
+
+  -- A decoded string or array of ISOLATE_PREFAULT (256 KiB) bytes or more
+  -- is made while the state's allocator is wrapped for that one value.
+  describe("big enough to be made in prefaulted memory", function()
+    local big = ("0123456789abcdef"):rep(1 << 16)	-- 1 MiB
+
+    local function numbers(n)
+      local t = {}
+      for i = 1, n do t[i] = i * 0.5 end
+      return t
+    end
+
+    it("keep every byte and slot, on every path", function()
+      assert.equal(big, isolate.decode(isolate.encode(big)))
+      assert.equal(big, isolate.run(function(s) return s end, big))
+      assert.equal(big .. "!", isolate.spawn(function(s) return s .. "!" end, big):await())
+      local t = numbers(40000)			-- 640 KiB of slots, not lent
+      t[#t + 1] = "a string"
+      local back = isolate.decode(isolate.encode(t))
+      assert.equal(#t, #back)
+      for i = 1, #t do assert.equal(t[i], back[i]) end
+      local lent = isolate.run(numbers, 100000)	-- lent
+      assert.equal(100000, #lent)
+      for i = 1, #lent do assert.equal(i * 0.5, lent[i]) end
+    end)
+
+    it("past an isolate's memory limit fail as any allocation does, and the state's allocator is its own again", function()
+      local pool = isolate.pool{size = 1, memory_limit = 4 * 1024 * 1024}
+      local huge = big:rep(6)
+      local array = numbers(400000)		-- 6.4 MB of slots
+      for _ = 1, 3 do
+        local ok, err = pcall(pool.run, pool, function(s) return #s end, huge)
+        assert.is_false(ok)
+        assert.equal("memory", err.kind)
+        ok, err = pcall(pool.run, pool, function(t) return #t end, array)
+        assert.is_false(ok)
+        assert.equal("memory", err.kind)
+        assert.equal(#big, pool:run(function(s) return #s end, big))
+        -- the limit still holds: the allocator that counts is back in place
+        ok, err = pcall(pool.run, pool, function() return ("x"):rep(8 * 1024 * 1024) end)
+        assert.is_false(ok)
+        assert.equal("memory", err.kind)
+      end
+      pool:close()
+    end)
+
+    it("that fail in a state that goes on leave that state's allocator as it was", function()
+      -- the failure is in the isolate's own state, which lives on
+      local pool = isolate.pool{size = 1, memory_limit = 6 * 1024 * 1024}
+      local msg = isolate.encode(("z"):rep(3500 * 1024))
+      local held = {}
+      for i = 1, 40000 do held[i] = i * 0.5 end
+      local tmsg = isolate.encode(held)	-- 640 KiB of slots
+      for _ = 1, 3 do
+        local fails, again, tfails, limited = pool:run(function(m, tm)
+          local isolate = require "isolate"
+          local ok = pcall(isolate.decode, m)
+          local ok2 = pcall(isolate.decode, m)
+          assert(not isolate.ismain(), "the allocator that tells an isolate was left wrapped")
+          local junk = {}
+          for i = 1, 40 do junk[i] = ("q"):rep(1000 * i) end
+          collectgarbage()
+          local fill = {}
+          while collectgarbage("count") < 5700 do fill[#fill + 1] = ("f"):rep(32 * 1024); collectgarbage() end
+          local ok3 = pcall(isolate.decode, tm)
+          fill = nil
+          collectgarbage()
+          local ok4 = pcall(string.rep, "x", 7 * 1024 * 1024)
+          assert(not isolate.ismain(), "the allocator that tells an isolate was left wrapped")
+          return not ok, not ok2, not ok3, not ok4
+        end, msg, tmsg)
+        assert.is_true(fails)
+        assert.is_true(again)
+        assert.is_true(tfails)
+        assert.is_true(limited)
+      end
+      pool:close()
+    end)
+
+    it("while finalizers and coroutines of the caller run between them", function()
+      for _ = 1, 20 do
+        setmetatable({}, {__gc = function() local _ = big .. "x" end})
+        local co = coroutine.wrap(function(s) return isolate.decode(isolate.encode(s)) end)
+        assert.equal(big, co(big))
+        collectgarbage()
+      end
+    end)
+  end)
 end)

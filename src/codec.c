@@ -32,12 +32,15 @@
 ** require, for trusted input) before any of its values is read, so no
 ** user code runs while values are decoded, except finalizers.
 */
+#define _DEFAULT_SOURCE		/* madvise */
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -1287,6 +1290,88 @@ static const char *rawstring (Decoder *d, size_t *len) {
 }
 
 
+/*
+** {======================================================
+** Big values in prefaulted memory (ISOLATE_PREFAULT)
+** =======================================================
+*/
+
+/*
+** The state's allocator, wrapped for one call that makes a big string or
+** table: the first fresh block of 'size' bytes or more, the big value's,
+** is mapped in before Lua writes it, and the wrapper takes itself out
+** then, or when an allocation fails (before Lua's emergency collection,
+** or its error: no error can leave it in).  No Lua code runs while it is
+** in: Lua steps its collector at the end of such a call, not inside.
+*/
+typedef struct Prefault {
+  lua_State *L;
+  lua_Alloc f;
+  void *ud;
+  size_t size;
+} Prefault;
+
+static void *prefaulting (void *ud, void *ptr, size_t osize, size_t nsize) {
+  Prefault *pf = (Prefault *)ud;
+  void *block = pf->f(pf->ud, ptr, osize, nsize);
+  if (block == NULL && nsize > 0) lua_setallocf(pf->L, pf->f, pf->ud);
+  else if (ptr == NULL && nsize >= pf->size) {
+#if defined(MADV_POPULATE_WRITE)
+    static long pagesize;
+    uintptr_t first, end;
+    if (pagesize == 0) pagesize = sysconf(_SC_PAGESIZE);	/* (a race writes */
+    first = ((uintptr_t)block + pagesize - 1) & ~(uintptr_t)(pagesize - 1);
+    end = ((uintptr_t)block + nsize) & ~(uintptr_t)(pagesize - 1);	/* the same) */
+    if (pagesize > 0 && end > first)	/* an older kernel says EINVAL: so be it */
+      (void)madvise((void *)first, end - first, MADV_POPULATE_WRITE);
+#endif
+    lua_setallocf(pf->L, pf->f, pf->ud);
+  }
+  return block;
+}
+
+static void prefault_begin (Prefault *pf, lua_State *L, size_t size) {
+  pf->L = L;
+  pf->size = size;
+  pf->f = lua_getallocf(L, &pf->ud);
+  lua_setallocf(L, prefaulting, pf);
+}
+
+static void prefault_end (Prefault *pf) {
+  void *ud;
+  if (lua_getallocf(pf->L, &ud) == prefaulting && ud == pf)	/* not taken out */
+    lua_setallocf(pf->L, pf->f, pf->ud);
+}
+
+
+/* push the string of 'len' bytes at 's' */
+static void pushstring (lua_State *L, const char *s, size_t len) {
+  Prefault pf;
+  if (len < ISOLATE_PREFAULT) {
+    lua_pushlstring(L, s, len);
+    return;
+  }
+  prefault_begin(&pf, L, len);
+  lua_pushlstring(L, s, len);
+  prefault_end(&pf);
+}
+
+
+/* push a new table, its array part of 'narr' slots made in place */
+static void newtable (lua_State *L, int narr, int nhash) {
+  Prefault pf;
+  if ((size_t)narr < ISOLATE_PREFAULT / sizeof(LTValue)) {
+    lua_createtable(L, narr, nhash);
+    return;
+  }
+  prefault_begin(&pf, L, (size_t)narr * sizeof(LTValue));
+  lua_createtable(L, narr, nhash);
+  prefault_end(&pf);
+}
+
+/* }====================================================== */
+
+
 static void dec_enter (Decoder *d) {
   if (++d->depth > ISOLATE_MAXDEPTH)
     bad(d, "value nested too deeply (more than " LEVELS " levels)");
@@ -1451,8 +1536,8 @@ static void decode_table (Decoder *d, int tag) {
   }
   else promise(d, narr + 2 * nhash + (hasmt ? 1 : 0), "table larger than its input");
   dec_enter(d);
-  lua_createtable(L, narr > INT_MAX ? INT_MAX : (int)narr,
-                  nhash > INT_MAX ? INT_MAX : (int)nhash);
+  newtable(L, narr > INT_MAX ? INT_MAX : (int)narr,
+           nhash > INT_MAX ? INT_MAX : (int)nhash);
   t = lua_gettop(L);
   newref(d);
   h = (const LTable *)lua_topointer(L, t);
@@ -1637,7 +1722,7 @@ static void decode (Decoder *d, int tag) {
     case T_STRING: {
       size_t len;
       const char *s = rawstring(d, &len);
-      lua_pushlstring(L, s, len);
+      pushstring(L, s, len);
       break;
     }
     case T_TABLE: case T_TABLEMT: case T_LENT: decode_table(d, tag); break;
@@ -1663,7 +1748,7 @@ static void decode (Decoder *d, int tag) {
       uint64_t len;
       if (!(d->flags & CODEC_BORROWED)) bad(d, "unknown tag");
       len = varint(d);
-      lua_pushlstring(L, (const char *)(uintptr_t)get_le(take(d, 8), 8), (size_t)len);
+      pushstring(L, (const char *)(uintptr_t)get_le(take(d, 8), 8), (size_t)len);
       break;
     }
     case T_LIGHTUD:

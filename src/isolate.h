@@ -47,6 +47,17 @@
 #endif
 
 /*
+** A decoded string or table array of this many bytes or more is made in
+** memory that the kernel maps in one call (Linux's MADV_POPULATE_WRITE)
+** instead of one page fault per page as Lua first writes it: a fault
+** costs microseconds on a virtual machine, a page of a bulk map a fraction
+** of that.  Lua writes every byte it allocates for them at once anyway.
+*/
+#if !defined(ISOLATE_PREFAULT)
+#define ISOLATE_PREFAULT	(256u << 10)
+#endif
+
+/*
 ** How long a caller about to sleep until its job ends spins first
 ** (microseconds).  Waking a sleeping thread costs tens of microseconds on
 ** some machines, more than a small isolate's whole run.
