@@ -30,7 +30,8 @@
 ** light userdata reach live objects: all are refused unless the input is
 ** trusted (CODEC_TRUSTED).  The names a message needs are resolved (with
 ** require, for trusted input) before any of its values is read, so no
-** user code runs while values are decoded, except finalizers.
+** user code runs while values are decoded but constructors (the collector
+** is stopped meanwhile: no finalizer runs either).
 */
 #define _DEFAULT_SOURCE		/* madvise */
 #include <limits.h>
@@ -1324,13 +1325,14 @@ static void *prefaulting (void *ud, void *ptr, size_t osize, size_t nsize) {
   if (block == NULL && nsize > 0) lua_setallocf(pf->L, pf->f, pf->ud);
   else if (ptr == NULL && nsize >= pf->size) {
 #if defined(MADV_POPULATE_WRITE)
-    static long pagesize;
+    long pagesize = sysconf(_SC_PAGESIZE);
     uintptr_t first, end;
-    if (pagesize == 0) pagesize = sysconf(_SC_PAGESIZE);	/* (a race writes */
-    first = ((uintptr_t)block + pagesize - 1) & ~(uintptr_t)(pagesize - 1);
-    end = ((uintptr_t)block + nsize) & ~(uintptr_t)(pagesize - 1);	/* the same) */
-    if (pagesize > 0 && end > first)	/* an older kernel says EINVAL: so be it */
-      (void)madvise((void *)first, end - first, MADV_POPULATE_WRITE);
+    if (pagesize > 0) {
+      first = ((uintptr_t)block + pagesize - 1) & ~(uintptr_t)(pagesize - 1);
+      end = ((uintptr_t)block + nsize) & ~(uintptr_t)(pagesize - 1);
+      if (end > first)		/* an older kernel says EINVAL: so be it */
+        (void)madvise((void *)first, end - first, MADV_POPULATE_WRITE);
+    }
 #endif
     lua_setallocf(pf->L, pf->f, pf->ud);
   }
