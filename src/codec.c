@@ -1806,21 +1806,19 @@ static size_t decode_names (Decoder *d, size_t start, uint64_t offset) {
     lua_rawgeti(L, d->names, (lua_Integer)i);
     if (lua_rawget(L, -2) == LUA_TNIL) {
       Stack was;
-      int status;
       lua_pop(L, 1);
       lua_getglobal(L, "require");
       lua_rawgeti(L, d->names, (lua_Integer)i);
       ranges(&was, 1, d->keys, 1, 0, 1, 0);
       snapshot(L, &was);
       lua_code(d, 1);
-      status = lua_pcall(L, 1, 1, 0);
+      lua_call(L, 1, 1);
       lua_code(d, 0);
       if (!unchanged(L, &was)) {
         lua_pushliteral(L, "isolate: a module loaded for a message changed the values "
                            "being made (with the debug library)");
         lua_error(L);
       }
-      if (status != LUA_OK) lua_error(L);	/* its error, as it is */
     }
     lua_rawseti(L, d->names, (lua_Integer)i);
     lua_pop(L, 1);
