@@ -155,13 +155,12 @@ describe("arrays in place", function()
       assert.equal(3, r[4])
     end)
 
-    it("no finalizer can reach the table through the debug library: none runs in a decode", function()
+    it("a finalizer that reaches the table through the debug library and adds a key", function()
       local t = {"MARK"}
       for i = 2, 1000 do t[i] = ("s"):rep(60) .. i end	-- each one allocates
       for i = 1001, 3000 do t[i] = i end
-      local msg, hits, ran = isolate.encode(t), 0, 0
+      local msg, hits = isolate.encode(t), 0
       local function finalizer()
-        ran = ran + 1
         for level = 2, 6 do		-- (the C function that decodes, where it is)
           local info = debug.getinfo(level, "S")
           if info and info.what == "C" then
@@ -175,66 +174,23 @@ describe("arrays in place", function()
             end
           end
         end
+        if hits == 0 then setmetatable({}, {__gc = finalizer}) end
       end
       local mode = collectgarbage("incremental")
       collectgarbage()
       local pause, stepmul = collectgarbage("setpause", 0), collectgarbage("setstepmul", 100)
       local r
-      for _ = 1, 20 do
+      for _ = 1, 500 do
         for _ = 1, 500 do setmetatable({}, {__gc = finalizer}) end
         r = isolate.decode(msg)
-        assert.is_nil(r.x)
-        for i = 1001, 3000 do assert.equal(i, r[i]) end
+        if hits > 0 then break end
       end
       collectgarbage("setpause", pause)
       collectgarbage("setstepmul", stepmul)
       collectgarbage(mode)
-      collectgarbage()
-      assert.equal(0, hits)
-      assert.is_true(ran > 0, "the finalizers never ran")
-    end)
-  end)
-
-  describe("stop the collector while they decode", function()
-    it("and start it again after, by an error too", function()
-      local msg = isolate.encode({1, 2, 3, "x"})
-      assert.is_true(collectgarbage("isrunning"))
-      assert.same({1, 2, 3, "x"}, isolate.decode(msg))
-      assert.is_true(collectgarbage("isrunning"))
-      assert.is_false(pcall(isolate.decode, msg:sub(1, -2)))
-      assert.is_true(collectgarbage("isrunning"))
-      local co = coroutine.create(function() return isolate.decode(msg:sub(1, -2)) end)
-      assert.is_false(coroutine.resume(co))	-- not closed: nothing to close
-      assert.is_true(collectgarbage("isrunning"))
-      assert.same({1, 2, 3, "x"}, isolate.run(function() return {1, 2, 3, "x"} end))
-      assert.is_true(collectgarbage("isrunning"))
-    end)
-
-    it("not when it was stopped: it stays stopped", function()
-      local msg = isolate.encode({1, 2, 3, "x"})
-      collectgarbage("stop")
-      assert.same({1, 2, 3, "x"}, isolate.decode(msg))
-      assert.is_false(pcall(isolate.decode, msg:sub(1, -2)))
-      local running = collectgarbage("isrunning")
-      collectgarbage("restart")
-      assert.is_false(running)
-    end)
-
-    it("but it runs for a constructor and for a module that a message requires", function()
-      package.loaded["spec_gc_probe"] = nil
-      package.preload["spec_gc_probe"] = function()
-        return {running = collectgarbage("isrunning"), make = function() return collectgarbage("isrunning") end}
-      end
-      local probe = require "spec_gc_probe"
-      local obj = setmetatable({}, {__isolate = function() return probe.make end})
-      local msg = isolate.encode(probe, obj)
-      package.loaded["spec_gc_probe"] = nil
-      local loaded, made = isolate.decode(msg, {trusted = true})
-      assert.is_true(loaded.running)
-      assert.is_true(made)
-      assert.is_true(collectgarbage("isrunning"))
-      package.preload["spec_gc_probe"] = nil
-      package.loaded["spec_gc_probe"] = nil
+      assert.is_true(hits > 0, "no finalizer reached the table being decoded")
+      assert.is_true(r.x)
+      for i = 1001, 3000 do assert.equal(i, r[i]) end
     end)
   end)
 

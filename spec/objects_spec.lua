@@ -775,7 +775,6 @@ describe("objects that travel", function()
         "run's own: isolate: an __isolate changed the values being sent (with the debug library)",
         "spawn's own: isolate: an __isolate changed the values being sent (with the debug library)",
         "decode: isolate: a constructor changed the values being made (with the debug library)",
-        "a module: isolate: a module loaded for a message changed the values being made (with the debug library)",
         "after: 3", ""}, "\n"), r.stdout, r.report)
     end)
 

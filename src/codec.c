@@ -1212,14 +1212,7 @@ typedef struct Decoder {
   int depth;
   int inplace;			/* numbers are written into array parts (luatable.h) */
   int value;			/* stack index where the value being made starts */
-  int gcstopped;		/* the decode stopped the collector (codec_decodeitems) */
 } Decoder;
-
-
-/* the collector runs while the decoder calls Lua code (require, a constructor) */
-static void lua_code (Decoder *d, int begins) {
-  if (d->gcstopped) lua_gc(d->L, begins ? LUA_GCRESTART : LUA_GCSTOP);
-}
 
 
 static int bad (Decoder *d, const char *why) {
@@ -1692,9 +1685,7 @@ static void decode_object (Decoder *d) {
   ranges(&was, 1, d->keys, d->value, lua_gettop(L) - (int)n, 1, 0);
   snapshot(L, &was);
   nested++;
-  lua_code(d, 1);
   status = lua_pcall(L, (int)n - 1, 1, 0);
-  lua_code(d, 0);
   nested--;
   if (!unchanged(L, &was)) {
     lua_pushliteral(L, "isolate: a constructor changed the values being made "
@@ -1805,20 +1796,10 @@ static size_t decode_names (Decoder *d, size_t start, uint64_t offset) {
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_rawgeti(L, d->names, (lua_Integer)i);
     if (lua_rawget(L, -2) == LUA_TNIL) {
-      Stack was;
       lua_pop(L, 1);
       lua_getglobal(L, "require");
       lua_rawgeti(L, d->names, (lua_Integer)i);
-      ranges(&was, 1, d->keys, 1, 0, 1, 0);
-      snapshot(L, &was);
-      lua_code(d, 1);
       lua_call(L, 1, 1);
-      lua_code(d, 0);
-      if (!unchanged(L, &was)) {
-        lua_pushliteral(L, "isolate: a module loaded for a message changed the values "
-                           "being made (with the debug library)");
-        lua_error(L);
-      }
     }
     lua_rawseti(L, d->names, (lua_Integer)i);
     lua_pop(L, 1);
@@ -1836,61 +1817,16 @@ int codec_decode (lua_State *L, Reader *r, int flags) {
 }
 
 
-typedef struct Decode {
-  Reader *r;
-  int flags;
-  lua_Integer *at, base;
-} Decode;
-
-static int decodeitems (lua_State *L, const Decode *a, int gcstopped);
-
-static int protecteddecode (lua_State *L) {
-  const Decode *a = (const Decode *)lua_touserdata(L, 1);
-  lua_settop(L, 0);
-  return decodeitems(L, a, 1);
-}
-
-
-/*
-** A decode runs with the collector stopped, when it runs: all that a
-** decode makes stays alive until it ends, so a collection meanwhile is
-** wasted work, and no finalizer can run in its middle (to reach its
-** stack with the debug library).  It restarts for the Lua code that a
-** decode calls, and when the decode ends, by an error too: the decode is
-** then a protected call, whose error is raised again as it is.
-*/
 int codec_decodeitems (lua_State *L, Reader *r, int flags, lua_Integer *at,
                        lua_Integer base) {
-  Decode a;
-  int top = lua_gettop(L), status;
-  a.r = r;
-  a.flags = flags;
-  a.at = at;
-  a.base = base;
-  if (!lua_gc(L, LUA_GCISRUNNING)) return decodeitems(L, &a, 0);
-  isolate_checkstack(L, 2);
-  lua_pushcfunction(L, protecteddecode);
-  lua_pushlightuserdata(L, &a);
-  lua_gc(L, LUA_GCSTOP);
-  status = lua_pcall(L, 1, LUA_MULTRET, 0);
-  lua_gc(L, LUA_GCRESTART);
-  if (status != LUA_OK) lua_error(L);
-  return lua_gettop(L) - top;
-}
-
-
-static int decodeitems (lua_State *L, const Decode *a, int gcstopped) {
   Decoder d;
-  Reader *r = a->r;
-  lua_Integer *at = a->at, base = a->base;
   uint64_t n, offset;
   size_t start = r->pos, names = 0, i;
   int top = lua_gettop(L);
   const unsigned char *p;
   d.L = L;
   d.r = r;
-  d.flags = a->flags;
-  d.gcstopped = gcstopped;
+  d.flags = flags;
   d.nextid = 0;
   d.nnames = 0;
   d.nkeys = 0;
