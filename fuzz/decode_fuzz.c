@@ -23,6 +23,14 @@
 
 #include "buffer.h"
 #include "codec.h"
+#include "state.h"
+
+/* the decoder asks whether its state is an isolate's: here it never is */
+int state_prefault (lua_State *L, size_t size) {
+  (void)L;
+  (void)size;
+  return 0;
+}
 
 
 /* what the decoder may allocate: AMPLIFY bytes per input byte, plus SLACK */

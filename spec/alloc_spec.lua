@@ -25,6 +25,10 @@ describe("an allocation that fails", function()
     it("isolate.decode(isolate.encode(...), {trusted = true}) of the same", function()
       alloc("codec")
     end)
+
+    it("isolate.decode(isolate.encode(...)) and isolate.run of a big string and a big array", function()
+      alloc("big")
+    end)
   end)
 
   it("in an isolate, at each allocation of its job in turn, makes a RemoteError for memory", function()

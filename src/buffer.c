@@ -1,8 +1,12 @@
 /*
 ** buffer.c: the chunked transfer buffer (see buffer.h).
 */
+#define _DEFAULT_SOURCE		/* madvise */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -45,6 +49,21 @@ void buffer_free (Buffer *b) {
   b->head = b->tail = NULL;
   b->total = b->borrowed = 0;
   b->owner = NULL;
+}
+
+
+void buffer_mapin (void *block, size_t size) {
+#if defined(MADV_POPULATE_WRITE)
+  long pagesize = sysconf(_SC_PAGESIZE);
+  uintptr_t first, end;
+  if (pagesize <= 0) return;
+  first = ((uintptr_t)block + pagesize - 1) & ~(uintptr_t)(pagesize - 1);
+  end = ((uintptr_t)block + size) & ~(uintptr_t)(pagesize - 1);
+  if (end > first)		/* an older kernel says EINVAL: so be it */
+    (void)madvise((void *)first, end - first, MADV_POPULATE_WRITE);
+#else
+  (void)block; (void)size;
+#endif
 }
 
 

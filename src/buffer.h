@@ -40,6 +40,12 @@ typedef struct Buffer {
 
 unsigned char *buffer_grow (Buffer *b, size_t n);
 void buffer_free (Buffer *b);
+/*
+** Map in the pages of a fresh block of 'size' bytes that is about to be
+** written whole, in one call where the system has one (Linux 5.14's
+** MADV_POPULATE_WRITE), not a page fault per page (ISOLATE_PREFAULT).
+*/
+void buffer_mapin (void *block, size_t size);
 
 /* append the chunks of 'src' to 'dst' (no copy), with what 'src'
    borrows (then 'dst' must have no owner); 'src' is left empty */

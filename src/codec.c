@@ -30,18 +30,14 @@
 ** light userdata reach live objects: all are refused unless the input is
 ** trusted (CODEC_TRUSTED).  The names a message needs are resolved (with
 ** require, for trusted input) before any of its values is read, so no
-** user code runs while values are decoded but constructors (the collector
-** is stopped meanwhile: no finalizer runs either).
+** user code runs while values are decoded, except finalizers.
 */
-#define _DEFAULT_SOURCE		/* madvise */
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "lua.h"
 #include "lauxlib.h"
@@ -50,6 +46,7 @@
 #include "codec.h"
 #include "luatable.h"
 #include "names.h"
+#include "state.h"
 
 
 enum Tag {
@@ -1298,16 +1295,19 @@ static const char *rawstring (Decoder *d, size_t *len) {
 */
 
 /*
-** The state's allocator, wrapped for one call that makes a big string or
-** table: the first fresh block of 'size' bytes or more, the big value's,
-** is mapped in before Lua writes it, and the wrapper takes itself out
-** then, or when an allocation fails (before Lua's emergency collection,
-** or its error: no error can leave it in).  No Lua code runs while it is
-** in: Lua steps its collector at the end of such a call, not inside.
+** An isolate's own allocator maps in the big value's block itself
+** (state_prefault).  Another state's allocator is wrapped for one call
+** that makes a big string or table: the first fresh block of 'size' bytes
+** or more, the big value's, is mapped in before Lua writes it, and the
+** wrapper takes itself out then, or when an allocation fails (before
+** Lua's emergency collection, or its error: no error can leave it in).
+** No Lua code runs while it is in: Lua steps its collector at the end of
+** such a call, not inside.  (Not in an isolate's state, which a cancel's
+** signal handler tells by its allocator.)
 */
 typedef struct Prefault {
   lua_State *L;
-  lua_Alloc f;
+  lua_Alloc f;			/* NULL: the isolate's allocator does it */
   void *ud;
   size_t size;
 } Prefault;
@@ -1317,16 +1317,7 @@ static void *prefaulting (void *ud, void *ptr, size_t osize, size_t nsize) {
   void *block = pf->f(pf->ud, ptr, osize, nsize);
   if (block == NULL && nsize > 0) lua_setallocf(pf->L, pf->f, pf->ud);
   else if (ptr == NULL && nsize >= pf->size) {
-#if defined(MADV_POPULATE_WRITE)
-    long pagesize = sysconf(_SC_PAGESIZE);
-    uintptr_t first, end;
-    if (pagesize > 0) {
-      first = ((uintptr_t)block + pagesize - 1) & ~(uintptr_t)(pagesize - 1);
-      end = ((uintptr_t)block + nsize) & ~(uintptr_t)(pagesize - 1);
-      if (end > first)		/* an older kernel says EINVAL: so be it */
-        (void)madvise((void *)first, end - first, MADV_POPULATE_WRITE);
-    }
-#endif
+    buffer_mapin(block, nsize);
     lua_setallocf(pf->L, pf->f, pf->ud);
   }
   return block;
@@ -1335,13 +1326,16 @@ static void *prefaulting (void *ud, void *ptr, size_t osize, size_t nsize) {
 static void prefault_begin (Prefault *pf, lua_State *L, size_t size) {
   pf->L = L;
   pf->size = size;
+  pf->f = NULL;
+  if (state_prefault(L, size)) return;
   pf->f = lua_getallocf(L, &pf->ud);
   lua_setallocf(L, prefaulting, pf);
 }
 
 static void prefault_end (Prefault *pf) {
   void *ud;
-  if (lua_getallocf(pf->L, &ud) == prefaulting && ud == pf)	/* not taken out */
+  if (pf->f == NULL) state_prefault(pf->L, 0);
+  else if (lua_getallocf(pf->L, &ud) == prefaulting && ud == pf)	/* not taken out */
     lua_setallocf(pf->L, pf->f, pf->ud);
 }
 

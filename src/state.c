@@ -181,6 +181,7 @@ typedef struct Isolate {
   lua_Integer index;		/* map: the list index of the item being run */
   size_t limit, used;		/* bytes of heap allowed (0: no limit) and used */
   int limited;			/* an allocation was refused for the limit */
+  size_t prefault;		/* map in a fresh block this big (state_prefault) */
   int initfailed;		/* the pool's init failed: 'initrec' tells how */
   int initing;			/* the pool's init runs */
   int closing;			/* lua_close runs its finalizers */
@@ -245,7 +246,13 @@ static void *allocf (void *ud, void *ptr, size_t osize, size_t nsize) {
     }
   }
   block = heap_realloc(&iso->slab, ptr, old, nsize);
-  if (block != NULL) iso->used += nsize - old;	/* modulo 2^n: shrinking too */
+  if (block != NULL) {
+    iso->used += nsize - old;	/* modulo 2^n: shrinking too */
+    if (ptr == NULL && iso->prefault != 0 && nsize >= iso->prefault) {
+      buffer_mapin(block, nsize);
+      iso->prefault = 0;
+    }
+  }
   return block;
 }
 
@@ -258,6 +265,14 @@ static Isolate *current (lua_State *L) {
 
 int state_ismain (lua_State *L) {
   return current(L) == NULL;
+}
+
+
+int state_prefault (lua_State *L, size_t size) {
+  Isolate *iso = current(L);
+  if (iso == NULL) return 0;
+  iso->prefault = size;
+  return 1;
 }
 
 

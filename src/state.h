@@ -70,6 +70,13 @@ int state_closing (lua_State *L);
 
 /* is 'L' a caller's state, not an isolate's? */
 int state_ismain (lua_State *L);
+/*
+** Have the next fresh block of 'size' bytes or more that the isolate of
+** 'L' allocates mapped in at once (buffer_mapin), and 0 if 'L' is not an
+** isolate's state.  Size 0: no longer.  (A request that an error leaves
+** maps in one later big block: Lua writes its big blocks whole anyway.)
+*/
+int state_prefault (lua_State *L, size_t size);
 
 /* how deep the isolate of 'L' is nested (0: not an isolate) */
 int state_depth (lua_State *L);

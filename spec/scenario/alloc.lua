@@ -5,6 +5,10 @@
 --   run      isolate.run(function(t, f) return t, f(2) end, graph, fn)
 --   spawn    the same with isolate.spawn and task:await
 --   codec    isolate.decode(isolate.encode(graph, fn), {trusted = true})
+--   big      isolate.decode(isolate.encode(big)), then isolate.run of it:
+--            a string and an array part big enough to be made in
+--            prefaulted memory (ISOLATE_PREFAULT), through this state's
+--            allocator wrapped for each of them
 --   isolate  the allocations of the isolate instead, through the core's
 --            _failalloc(n): the next isolate that runs a job fails the
 --            n-th allocation it makes after its job starts
@@ -39,6 +43,16 @@ local DEPTH = 60
 for i = DEPTH, 1, -1 do graph.chain = {i, next = graph.chain} end
 graph.add = function(x) return k + x end
 local function fn(x) return prefix .. graph.add(x) end
+
+-- big values: a 300 KB string, an array part of 40,001 slots (640 KB)
+local big = {s = ("big"):rep(100000), list = {}}
+for i = 1, 40000 do big.list[i] = i end
+big.list[40001] = "end"
+
+local function isbig(t)
+  return type(t) == "table" and t ~= big and t.s == big.s and #t.list == 40001
+    and t.list[40000] == 40000 and t.list[40001] == "end"
+end
 
 local function chaindepth(c)
   local n = 0
@@ -98,6 +112,10 @@ local steps = {
       return last_task:await()
     end,
     function(t, v) return isgraph(t) and v == "n=42" end,
+  },
+  big = {
+    function() return isolate.decode(isolate.encode(big)), isolate.run(function(b) return b end, big) end,
+    function(t, u) return isbig(t) and isbig(u) end,
   },
   codec = {
     function() return isolate.decode(isolate.encode(graph, fn), {trusted = true, functions = true}) end,
@@ -239,7 +257,7 @@ if steps[part] then
 elseif part == "isolate" then
   N = isolate_part()
 else
-  print("usage: alloc.lua run|spawn|codec|isolate")
+  print("usage: alloc.lua run|spawn|codec|big|isolate")
   os.exit(2)
 end
 
