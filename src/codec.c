@@ -234,9 +234,10 @@ int codec_inplace (lua_State *L) {
 typedef struct Step {
   enum { S_ARG, S_RESULT, S_VALUE, S_ITEM, S_ITEMRESULT, S_UPVALUE, S_FIELD, S_INDEX, S_KEYOF,
          S_KEY, S_METATABLE, S_OBJECT } kind;
-  int idx;			/* stack index: S_UPVALUE's function, S_KEYOF's key */
+  int idx;			/* stack index: S_UPVALUE's function, S_KEYOF's and
+				   S_FIELD's key */
   lua_Integer n;		/* S_ARG, S_RESULT, S_VALUE, S_INDEX */
-  const char *name;		/* S_UPVALUE, S_FIELD: a string on the stack */
+  const char *name;		/* S_UPVALUE: a string on the stack */
 } Step;
 
 /*
@@ -318,7 +319,7 @@ static void render_step (lua_State *L, const Step *s) {
       lua_pushfstring(L, "upvalue '%s' of function <%s:%d>", s->name,
                       ar.short_src, ar.linedefined);
       break;
-    case S_FIELD: lua_pushfstring(L, "field '%s'", s->name); break;
+    case S_FIELD: lua_pushfstring(L, "field '%s'", lua_tostring(L, s->idx)); break;
     case S_INDEX: lua_pushfstring(L, "[%I]", (LUAI_UACINT)s->n); break;
     case S_KEYOF:
       if (lua_type(L, s->idx) == LUA_TNUMBER || lua_type(L, s->idx) == LUA_TBOOLEAN)
@@ -953,8 +954,7 @@ static void encode_table (Encoder *e, int t) {
     s->idx = top + 1;
     if (kind == S_FIELD) put_key(e, top + 1);
     else encode(e, top + 1);
-    s->kind = kind;
-    if (kind == S_FIELD) s->name = lua_tostring(L, top + 1);
+    s->kind = kind;		/* (a field's name is read from its key if needed) */
     encode(e, top + 2);
     lua_pop(L, 1);
     if (++nhash == UINT32_MAX) fail(e, "table too large");
