@@ -1296,20 +1296,24 @@ static const char *rawstring (Decoder *d, size_t *len) {
 
 /*
 ** An isolate's own allocator maps in the big value's block itself
-** (state_prefault).  Another state's allocator is wrapped for one call
-** that makes a big string or table: the first fresh block of 'size' bytes
-** or more, the big value's, is mapped in before Lua writes it, and the
-** wrapper takes itself out then, or when an allocation fails (before
-** Lua's emergency collection, or its error: no error can leave it in).
-** No Lua code runs while it is in: Lua steps its collector at the end of
-** such a call, not inside.  (Not in an isolate's state, which a cancel's
-** signal handler tells by its allocator.)
+** (state_prefault).  Another state's allocator is wrapped for one
+** protected call that makes the big string or table: the first fresh
+** block of 'size' bytes or more, the big value's, is mapped in before Lua
+** writes it, and the wrapper takes itself out then, when an allocation
+** fails (before Lua's emergency collection), or when the call ends, by
+** an error too ("table overflow").  No Lua code runs while it is in: Lua
+** steps its collector at the end of such a call, not inside.  (Not in an
+** isolate's state, which a cancel's signal handler tells by its
+** allocator.)
 */
 typedef struct Prefault {
   lua_State *L;
-  lua_Alloc f;			/* NULL: the isolate's allocator does it */
+  lua_Alloc f;
   void *ud;
   size_t size;
+  const char *s;		/* the string to make, or NULL: */
+  size_t len;
+  int narr, nhash;		/* the table */
 } Prefault;
 
 static void *prefaulting (void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -1323,20 +1327,34 @@ static void *prefaulting (void *ud, void *ptr, size_t osize, size_t nsize) {
   return block;
 }
 
-static void prefault_begin (Prefault *pf, lua_State *L, size_t size) {
-  pf->L = L;
-  pf->size = size;
-  pf->f = NULL;
-  if (state_prefault(L, size)) return;
-  pf->f = lua_getallocf(L, &pf->ud);
-  lua_setallocf(L, prefaulting, pf);
+static void make (lua_State *L, const Prefault *pf) {
+  if (pf->s != NULL) lua_pushlstring(L, pf->s, pf->len);
+  else lua_createtable(L, pf->narr, pf->nhash);
 }
 
-static void prefault_end (Prefault *pf) {
+static int makebig (lua_State *L) {
+  make(L, (const Prefault *)lua_touserdata(L, 1));
+  return 1;
+}
+
+static void pushbig (Prefault *pf, lua_State *L, size_t size) {
   void *ud;
-  if (pf->f == NULL) state_prefault(pf->L, 0);
-  else if (lua_getallocf(pf->L, &ud) == prefaulting && ud == pf)	/* not taken out */
-    lua_setallocf(pf->L, pf->f, pf->ud);
+  int status;
+  if (state_prefault(L, size)) {
+    make(L, pf);
+    state_prefault(L, 0);	/* (an error leaves it for one later big block) */
+    return;
+  }
+  pf->L = L;
+  pf->size = size;
+  lua_pushcfunction(L, makebig);
+  lua_pushlightuserdata(L, pf);
+  pf->f = lua_getallocf(L, &pf->ud);
+  lua_setallocf(L, prefaulting, pf);
+  status = lua_pcall(L, 1, 1, 0);
+  if (lua_getallocf(L, &ud) == prefaulting && ud == pf)	/* not taken out */
+    lua_setallocf(L, pf->f, pf->ud);
+  if (status != LUA_OK) lua_error(L);
 }
 
 
@@ -1347,9 +1365,9 @@ static void pushstring (lua_State *L, const char *s, size_t len) {
     lua_pushlstring(L, s, len);
     return;
   }
-  prefault_begin(&pf, L, len);
-  lua_pushlstring(L, s, len);
-  prefault_end(&pf);
+  pf.s = s;
+  pf.len = len;
+  pushbig(&pf, L, len);
 }
 
 
@@ -1360,9 +1378,10 @@ static void newtable (lua_State *L, int narr, int nhash) {
     lua_createtable(L, narr, nhash);
     return;
   }
-  prefault_begin(&pf, L, (size_t)narr * sizeof(LTValue));
-  lua_createtable(L, narr, nhash);
-  prefault_end(&pf);
+  pf.s = NULL;
+  pf.narr = narr;
+  pf.nhash = nhash;
+  pushbig(&pf, L, (size_t)narr * sizeof(LTValue));
 }
 
 /* }====================================================== */
