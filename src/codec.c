@@ -1301,10 +1301,12 @@ static const char *rawstring (Decoder *d, size_t *len) {
 ** block of 'size' bytes or more, the big value's, is mapped in before Lua
 ** writes it, and the wrapper takes itself out then, when an allocation
 ** fails (before Lua's emergency collection), or when the call ends, by
-** an error too ("table overflow").  No Lua code runs while it is in: Lua
-** steps its collector at the end of such a call, not inside.  (Not in an
-** isolate's state, which a cancel's signal handler tells by its
-** allocator.)
+** an error too ("table overflow").  Lua steps its collector after the
+** big block, not before, except when the protected call grows the stack:
+** a finalizer that runs then has its allocations passed on (a big one
+** mapped in, and the wrapper out), and a decode in it wraps the wrapper.
+** (Not in an isolate's state, which a cancel's signal handler tells by
+** its allocator.)
 */
 typedef struct Prefault {
   lua_State *L;
