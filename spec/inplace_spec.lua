@@ -227,7 +227,8 @@ describe("arrays in place", function()
   end)
 
   -- A decoded string or array of ISOLATE_PREFAULT (256 KiB) bytes or more
-  -- is made while the state's allocator is wrapped for that one value.
+  -- is made in memory mapped in at once: by an isolate's own allocator, or
+  -- in another state by its allocator, wrapped for that one value.
   describe("big enough to be made in prefaulted memory", function()
     local big = ("0123456789abcdef"):rep(1 << 16)	-- 1 MiB
 
@@ -251,7 +252,7 @@ describe("arrays in place", function()
       for i = 1, #lent do assert.equal(i * 0.5, lent[i]) end
     end)
 
-    it("past an isolate's memory limit fail as any allocation does, and the state's allocator is its own again", function()
+    it("past an isolate's memory limit fail as any allocation does, and the limit still holds after", function()
       local pool = isolate.pool{size = 1, memory_limit = 4 * 1024 * 1024}
       local huge = big:rep(6)
       local array = numbers(400000)		-- 6.4 MB of slots
@@ -263,7 +264,7 @@ describe("arrays in place", function()
         assert.is_false(ok)
         assert.equal("memory", err.kind)
         assert.equal(#big, pool:run(function(s) return #s end, big))
-        -- the limit still holds: the allocator that counts is back in place
+        -- the limit still holds: the allocator that counts is in place
         ok, err = pcall(pool.run, pool, function() return ("x"):rep(8 * 1024 * 1024) end)
         assert.is_false(ok)
         assert.equal("memory", err.kind)
@@ -306,7 +307,7 @@ describe("arrays in place", function()
           local isolate = require "isolate"
           local ok = pcall(isolate.decode, m)
           local ok2 = pcall(isolate.decode, m)
-          assert(not isolate.ismain(), "the allocator that tells an isolate was left wrapped")
+          assert(not isolate.ismain(), "the allocator that tells an isolate was replaced")
           local junk = {}
           for i = 1, 40 do junk[i] = ("q"):rep(1000 * i) end
           collectgarbage()
@@ -316,7 +317,7 @@ describe("arrays in place", function()
           fill = nil
           collectgarbage()
           local ok4 = pcall(string.rep, "x", 7 * 1024 * 1024)
-          assert(not isolate.ismain(), "the allocator that tells an isolate was left wrapped")
+          assert(not isolate.ismain(), "the allocator that tells an isolate was replaced")
           return not ok, not ok2, not ok3, not ok4
         end, msg, tmsg)
         assert.is_true(fails)
