@@ -686,15 +686,6 @@ static void checkpins (Encoder *e) {
 
 
 /*
-** An object (a table or a full userdata) whose metatable has __isolate
-** travels as what __isolate(obj) returns: a constructor that can travel
-** and its arguments.  The other side calls the constructor once, and a
-** second reference to the object in this transfer is that same result.
-** While its results are encoded, the object's id is negative, so that
-** an object that its own results contain is refused (seen_before).
-** Returns 0, with nothing written, if the object has no __isolate.
-*/
-/*
 ** What the C function that encodes or decodes holds on its stack (the
 ** values being sent or made, the codec's tables, the keys it iterates
 ** with), as it was before an __isolate or a constructor ran: with the
@@ -756,6 +747,15 @@ static void ranges (Stack *k, int lo0, int hi0, int lo1, int hi1, int lo2, int h
 }
 
 
+/*
+** An object (a table or a full userdata) whose metatable has __isolate
+** travels as what __isolate(obj) returns: a constructor that can travel
+** and its arguments.  The other side calls the constructor once, and a
+** second reference to the object in this transfer is that same result.
+** While its results are encoded, the object's id is negative, so that
+** an object that its own results contain is refused (seen_before).
+** Returns 0, with nothing written, if the object has no __isolate.
+*/
 static int encode_object (Encoder *e, int idx) {
   lua_State *L = e->L;
   int top = lua_gettop(L), n, i, status;
